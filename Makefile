@@ -1,0 +1,24 @@
+# The two commands of the README: `make run` (set up + whole pipeline) and `make test`
+# (set up + test suite). EXTRA=gpu installs the GPU builds of ONNX Runtime and FAISS.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRA ?= cpu
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test setup
+
+setup: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[$(EXTRA),test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup
+	dvc repro
+	facekd results
+
+test: setup
+	python -m pytest -q

@@ -1,0 +1,1 @@
+"""Dataset readers: every reader gives (image, identity label, stable key) per sample."""

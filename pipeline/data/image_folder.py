@@ -1,0 +1,59 @@
+"""Image-folder datasets: `root/<identity>/<image>`, one sub-folder per identity."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.dataset import FaceDataset
+from pipeline.errors import FacekdError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageFolderDataset(FaceDataset):
+    """Identities are the sorted sub-folder names; keys are `identity/file` paths.
+
+    Files are listed once, sorted, so indices and keys are stable across machines.
+    """
+
+    kind = "image_folder"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FacekdError(f"{self.root}: dataset folder does not exist (expected one sub-folder per identity)")
+        self.identity_names = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+        keys: list[str] = []
+        labels: list[int] = []
+        sizes: list[int] = []
+        for label, identity in enumerate(self.identity_names):
+            files = sorted(
+                (entry.name, entry.stat().st_size)
+                for entry in os.scandir(self.root / identity)
+                if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES)
+            )
+            for name, size in files:
+                keys.append(f"{identity}/{name}")
+                labels.append(label)
+                sizes.append(size)
+        if not keys:
+            raise FacekdError(
+                f"{self.root}: no images found (expected <identity>/<image> with suffix in {', '.join(IMAGE_SUFFIXES)})"
+            )
+        self.keys = keys
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._sizes = sizes
+
+    def path(self, index: int) -> Path:
+        return self.root / self.keys[index]
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.path(index).read_bytes()
+
+    def source(self, index: int) -> str:
+        return str(self.path(index))
+
+    def fingerprint_items(self) -> list[bytes]:
+        return [str(size).encode() for size in self._sizes]

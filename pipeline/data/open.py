@@ -1,0 +1,25 @@
+"""Open a dataset by path: an image folder, or an insightface RecordIO folder/file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.dataset import FaceDataset
+from pipeline.data.image_folder import ImageFolderDataset
+from pipeline.errors import FacekdError
+
+DATASET_FORMATS = ("auto", "image_folder", "recordio")
+
+
+def open_dataset(path: str | Path, dataset_format: str = "auto") -> FaceDataset:
+    """`auto` picks RecordIO when `path` is a .rec file or a folder holding train.rec."""
+    path = Path(path)
+    if dataset_format not in DATASET_FORMATS:
+        raise FacekdError(f"dataset format is {dataset_format!r}; expected one of {', '.join(DATASET_FORMATS)}")
+    if not path.exists():
+        raise FacekdError(f"{path}: dataset not found")
+    rec_path = path if path.suffix == ".rec" else path / "train.rec"
+    if dataset_format == "recordio" or (dataset_format == "auto" and rec_path.is_file()):
+        from pipeline.data.recordio import RecordIODataset
+
+        return RecordIODataset(rec_path, rec_path.with_suffix(".idx"))
+    return ImageFolderDataset(path)

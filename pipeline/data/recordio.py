@@ -1,0 +1,296 @@
+"""insightface training sets in MXNet RecordIO (`train.rec` + `train.idx`), read without mxnet.
+
+A `.rec` file is a sequence of records: uint32 magic, uint32 `lrecord` (upper 3 bits the
+continuation flag, lower 29 the length), payload, zero padding to 4 bytes. MXNet splits a
+payload wherever the magic appears at a 4-aligned position (flags 1 = first, 2 = middle,
+3 = last part) and the reader joins the parts with the magic between them. A payload is an
+`IRHeader` (flag, label, id, id2); when flag > 0 the label is instead `flag` float32 values
+after the header; the encoded image follows.
+
+insightface's layout: record 0 is a header whose label is (first identity record, end), so
+the images are records 1 .. label[0] - 1 and each image's identity is its first label value.
+The `.idx` file maps record index to byte offset, one "index<TAB>offset" line per record.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.dataset import FaceDataset
+from pipeline.errors import FacekdError
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+PART_HEADER = struct.Struct("<II")  # magic, lrecord
+IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
+LENGTH_MASK = (1 << 29) - 1
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
+LARGEST_EXACT_LABEL = 1 << 24  # float32 holds every integer up to here
+
+
+class RecordIODataset(FaceDataset):
+    """The images of an insightface `.rec`/`.idx` pair; keys are `rec:<record index>`.
+
+    Labels are the records' identity values remapped to 0..K-1 in sorted order;
+    `identity_names[k]` / `identity_ids[k]` give the original value of label k. The `.rec`
+    file is opened lazily in each process, so the dataset pickles to dask workers.
+    """
+
+    kind = "recordio"
+
+    def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
+        self._file = None
+        self._file_pid = None
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        for path, what in ((self.rec_path, "RecordIO data file"), (self.idx_path, "RecordIO index file")):
+            if not path.is_file():
+                raise FacekdError(f"{path}: {what} does not exist (expected an insightface train.rec + train.idx pair)")
+        self._offsets = read_idx(self.idx_path)
+        rec_size = self.rec_path.stat().st_size
+        for record, offset in self._offsets.items():
+            if offset + PART_HEADER.size > rec_size:
+                raise FacekdError(
+                    f"{self.idx_path}: record {record} points to offset {offset}, past the end of "
+                    f"{self.rec_path} ({rec_size} bytes); expected the index written with this .rec file"
+                )
+        self._rec_size = rec_size
+        self._records = self._image_records()
+        raw_labels = np.asarray([self._read_identity(record) for record in self._records], dtype=np.int64)
+        self.identity_ids, labels = np.unique(raw_labels, return_inverse=True)
+        self.identity_names = [str(identity) for identity in self.identity_ids.tolist()]
+        self.labels = labels.astype(np.int64)
+        self.keys = [f"rec:{record}" for record in self._records]
+
+    def _image_records(self) -> list[int]:
+        """Records 1 .. label[0]-1 after an insightface header; otherwise every indexed record."""
+        if not self._offsets:
+            raise FacekdError(f"{self.idx_path}: index is empty (expected one 'index<TAB>offset' line per record)")
+        if 0 in self._offsets:
+            flag, values, _ = self._unpack_header(0, self._read_payload(0))
+            if flag > 0:
+                images_end = values[0]
+                is_integer = math.isfinite(images_end) and images_end.is_integer()
+                if not (is_integer and 2 <= images_end <= len(self._offsets)):
+                    raise FacekdError(
+                        f"{self._record_source(0)}: header label[0] = {images_end} should end the image records: "
+                        f"an integer in 2..{len(self._offsets)} for the {len(self._offsets)} records in {self.idx_path}"
+                    )
+                records = list(range(1, int(images_end)))
+                missing = [record for record in records if record not in self._offsets]
+                if missing:
+                    raise FacekdError(
+                        f"{self.idx_path}: header record 0 says images are records 1..{int(images_end) - 1}, "
+                        f"but record {missing[0]} is not in the index ({len(missing)} missing)"
+                    )
+                return records
+        return list(self._offsets)
+
+    def _read_identity(self, record: int) -> int:
+        """The first label value of `record`, reading only the record's header bytes."""
+        payload = self._read_payload(record, limit=IR_HEADER.size)
+        if len(payload) == IR_HEADER.size and (flag := IR_HEADER.unpack(payload)[0]) > 0:
+            payload = self._read_payload(record, limit=IR_HEADER.size + 4 * flag)
+        _, values, _ = self._unpack_header(record, payload)
+        identity = float(values[0])
+        if not identity.is_integer() or identity < 0:
+            raise FacekdError(
+                f"{self._record_source(record)}: identity label {identity} is not a non-negative integer"
+            )
+        return int(identity)
+
+    def _unpack_header(self, record: int, payload: bytes) -> tuple[int, tuple[float, ...], bytes]:
+        """(flag, label values, image bytes) of a record payload."""
+        if len(payload) < IR_HEADER.size:
+            raise FacekdError(
+                f"{self._record_source(record)}: payload of {len(payload)} bytes is shorter than the "
+                f"{IR_HEADER.size}-byte image record header"
+            )
+        flag, label, _, _ = IR_HEADER.unpack_from(payload)
+        if flag == 0:
+            return flag, (label,), payload[IR_HEADER.size:]
+        label_end = IR_HEADER.size + 4 * flag
+        if len(payload) < label_end:
+            raise FacekdError(
+                f"{self._record_source(record)}: header flag {flag} announces {flag} float32 labels "
+                f"but the payload ends after {len(payload)} bytes"
+            )
+        return flag, struct.unpack_from(f"<{flag}f", payload, IR_HEADER.size), payload[label_end:]
+
+    def _read_payload(self, record: int, limit: int | None = None) -> bytes:
+        """Reassemble `record` from its parts; with `limit`, stop once that many bytes are read."""
+        offset = self._offsets[record]
+        allowed_flags = (WHOLE, FIRST)
+        parts = []
+        size = 0
+        while True:
+            header = self._pread(PART_HEADER.size, offset, record)
+            magic, lrecord = PART_HEADER.unpack(header)
+            if magic != MAGIC:
+                raise FacekdError(
+                    f"{self._record_source(record)}: bad magic 0x{magic:08x} at offset {offset}, expected "
+                    f"0x{MAGIC:08x} (is {self.idx_path} the index of this .rec file?)"
+                )
+            cflag, length = lrecord >> 29, lrecord & LENGTH_MASK
+            if cflag not in allowed_flags:
+                raise FacekdError(
+                    f"{self._record_source(record)}: part at offset {offset} has continuation flag {cflag}, "
+                    f"expected one of {allowed_flags}"
+                )
+            wanted = length if limit is None else min(length, limit - size)
+            parts.append(self._pread(wanted, offset + PART_HEADER.size, record))
+            size += wanted
+            if cflag in (WHOLE, LAST) or (limit is not None and size >= limit):
+                return b"".join(parts)
+            parts.append(MAGIC_BYTES)
+            size += len(MAGIC_BYTES)
+            offset += PART_HEADER.size + padded(length)
+            allowed_flags = (MIDDLE, LAST)
+
+    def _pread(self, size: int, offset: int, record: int) -> bytes:
+        data = os.pread(self._fileno(), size, offset)
+        if len(data) != size:
+            raise FacekdError(
+                f"{self._record_source(record)}: record is truncated: needs {size} bytes at offset {offset} "
+                f"but the file ends at {offset + len(data)}"
+            )
+        return data
+
+    def _fileno(self) -> int:
+        """The open `.rec` file of this process; a forked or unpickled copy opens its own."""
+        if self._file_pid != os.getpid():
+            self.close()
+        if self._file is None:
+            self._file = open(self.rec_path, "rb", buffering=0)
+            self._file_pid = os.getpid()
+        return self._file.fileno()
+
+    def close(self) -> None:
+        """Close this process's handle on the `.rec` file; the next read reopens it."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_file_pid"] = None
+        return state
+
+    def _record_source(self, record: int) -> str:
+        return f"{self.rec_path} record {record} (offset {self._offsets[record]})"
+
+    def read_bytes(self, index: int) -> bytes:
+        record = self._records[index]
+        _, _, image = self._unpack_header(record, self._read_payload(record))
+        return image
+
+    def source(self, index: int) -> str:
+        return self._record_source(self._records[index])
+
+    def fingerprint_items(self) -> list[bytes]:
+        """Offset and stored extent of each record, known from the index without reading payloads."""
+        boundaries = sorted(set(self._offsets.values())) + [self._rec_size]
+        extent_ends = dict(zip(boundaries, boundaries[1:]))
+        return [
+            f"{self._offsets[record]}:{extent_ends[self._offsets[record]] - self._offsets[record]}".encode()
+            for record in self._records
+        ]
+
+
+def read_idx(idx_path: Path) -> dict[int, int]:
+    """Record index -> byte offset, in file order, from "index<TAB>offset" lines."""
+    offsets: dict[int, int] = {}
+    with open(idx_path, encoding="ascii", errors="replace") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2 or not all(field.isdigit() for field in fields):
+                raise FacekdError(
+                    f"{idx_path} line {line_number}: expected '<record index><TAB><byte offset>' "
+                    f"(two non-negative integers), got {line.rstrip()!r}"
+                )
+            record, offset = int(fields[0]), int(fields[1])
+            if record in offsets:
+                raise FacekdError(f"{idx_path} line {line_number}: record {record} is listed twice")
+            offsets[record] = offset
+    return offsets
+
+
+def padded(length: int) -> int:
+    return (length + 3) // 4 * 4
+
+
+def encode_record(payload: bytes) -> bytes:
+    """One RecordIO record, split wherever the magic sits at a 4-aligned position (as MXNet does)."""
+    if len(payload) > LENGTH_MASK:
+        raise FacekdError(f"RecordIO payload of {len(payload)} bytes exceeds the {LENGTH_MASK}-byte limit")
+    splits = list(aligned_magic_positions(payload))
+    starts = [0] + [split + 4 for split in splits]
+    ends = splits + [len(payload)]
+    flags = [WHOLE] if not splits else [FIRST] + [MIDDLE] * (len(splits) - 1) + [LAST]
+    chunks = []
+    for start, end, cflag in zip(starts, ends, flags):
+        chunks.append(PART_HEADER.pack(MAGIC, cflag << 29 | (end - start)))
+        chunks.append(payload[start:end] + bytes(padded(end - start) - (end - start)))
+    return b"".join(chunks)
+
+
+def aligned_magic_positions(payload: bytes) -> Iterator[int]:
+    position = payload.find(MAGIC_BYTES)
+    while position != -1:
+        if position % 4 == 0:
+            yield position
+        position = payload.find(MAGIC_BYTES, position + 1)
+
+
+def header_record(images_end: int) -> bytes:
+    """insightface's record 0: flag 2, label (images_end, images_end) -- no identity records follow."""
+    return encode_record(IR_HEADER.pack(2, 0.0, 0, 0) + struct.pack("<2f", images_end, images_end))
+
+
+def write_recordio(
+    rec_path: str | os.PathLike[str],
+    idx_path: str | os.PathLike[str],
+    samples: Iterable[tuple[int, bytes]],
+) -> int:
+    """Write (identity label, encoded image) samples in insightface's layout; returns the image count.
+
+    Images become records 1..N with flag 0 and a float32 label; record 0 is the header with
+    flag 2 and label (N + 1, N + 1), i.e. images end at N + 1 and there are no identity
+    records. Both files are written under `.partial` names and renamed when complete.
+    """
+    rec_path, idx_path = Path(rec_path), Path(idx_path)
+    rec_partial = rec_path.with_name(rec_path.name + ".partial")
+    idx_partial = idx_path.with_name(idx_path.name + ".partial")
+    try:
+        with open(rec_partial, "wb") as rec_file, open(idx_partial, "w", encoding="ascii") as idx_file:
+            rec_file.write(header_record(0))  # placeholder, same size: rewritten once N is known
+            idx_file.write("0\t0\n")
+            count = 0
+            for count, (label, image) in enumerate(samples, start=1):
+                if not 0 <= label <= LARGEST_EXACT_LABEL:
+                    raise FacekdError(
+                        f"sample {count - 1}: label {label} is outside 0..{LARGEST_EXACT_LABEL} "
+                        f"(RecordIO stores labels as float32)"
+                    )
+                idx_file.write(f"{count}\t{rec_file.tell()}\n")
+                rec_file.write(encode_record(IR_HEADER.pack(0, float(label), count, 0) + image))
+            rec_file.seek(0)
+            rec_file.write(header_record(count + 1))
+        os.replace(rec_partial, rec_path)
+        os.replace(idx_partial, idx_path)
+    except BaseException:
+        rec_partial.unlink(missing_ok=True)
+        idx_partial.unlink(missing_ok=True)
+        raise
+    return count

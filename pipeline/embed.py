@@ -1,0 +1,231 @@
+"""Stage one: embed every image of a dataset with the teacher, in parallel, into a store.
+
+The dataset is split into blocks. Each dask worker process holds one ONNX Runtime session
+(cached per process) and turns a block index range into embeddings; the calling process is the
+single writer that puts finished blocks into the store. `workers=0` runs everything in the
+calling process (no dask), which is also the reference the parallel path is tested against.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+import pipeline
+from pipeline.data.dataset import FaceDataset
+from pipeline.errors import CorruptImageError, FacekdError
+from pipeline.store import StoreWriter, store_is_complete_for
+from pipeline.teacher import OnnxTeacher, Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Everything a worker needs to open its own teacher session (picklable)."""
+
+    path: str
+    preprocessing: Preprocessing = Preprocessing()
+    device: str = "auto"
+    threads: int = 1
+    batch_size: int = 64
+    resize: bool = False
+
+    def open(self) -> OnnxTeacher:
+        return OnnxTeacher(
+            self.path, self.preprocessing, device=self.device, threads=self.threads,
+            batch_size=self.batch_size, resize=self.resize,
+        )
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    store_path: Path
+    up_to_date: bool  # a complete store for the same teacher and dataset was already there
+    num_images: int
+    resumed_blocks: int
+    embedded_blocks: int
+    num_skipped: int
+
+
+_SESSIONS: dict[TeacherConfig, OnnxTeacher] = {}
+
+
+def _teacher_session(config: TeacherConfig) -> OnnxTeacher:
+    """One session per process and configuration, reused by every block that process embeds."""
+    if config not in _SESSIONS:
+        _SESSIONS[config] = config.open()
+    return _SESSIONS[config]
+
+
+def embed_block(
+    dataset: FaceDataset, config: TeacherConfig, start: int, stop: int, skip_corrupt: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (n x 2 x D float32, image and flip) and skipped flags (n uint8) of one block."""
+    teacher = _teacher_session(config)
+    images: list[np.ndarray | None] = []
+    for index in range(start, stop):
+        try:
+            images.append(dataset.load(index))
+        except CorruptImageError:
+            if not skip_corrupt:
+                raise
+            images.append(None)
+    shapes = {image.shape for image in images if image is not None}
+    if len(shapes) > 1:
+        first = next(i for i, image in enumerate(images) if image is not None)
+        odd = next(i for i, image in enumerate(images) if image is not None and image.shape != images[first].shape)
+        raise FacekdError(
+            f"{dataset.source(start + odd)}: image is {images[odd].shape[1]}x{images[odd].shape[0]} but "
+            f"{dataset.source(start + first)} is {images[first].shape[1]}x{images[first].shape[0]}; "
+            "all images of a dataset must be aligned to one size"
+        )
+    skipped = np.array([image is None for image in images], dtype=np.uint8)
+    embedding_dim = teacher.embedding_dim
+    embeddings = np.zeros((stop - start, 2, embedding_dim), dtype=np.float32)
+    if shapes:
+        shape = shapes.pop()
+        batch = np.stack([image if image is not None else np.zeros(shape, np.uint8) for image in images])
+        keep = skipped == 0
+        embeddings[keep] = teacher.embed_with_flip(batch[keep])
+    return embeddings, skipped
+
+
+def store_provenance(dataset: FaceDataset, teacher: OnnxTeacher, dataset_root: str) -> dict[str, Any]:
+    """Provenance attributes of the store for this teacher and dataset."""
+    return dict(
+        teacher.provenance(),
+        dataset_kind=dataset.kind,
+        dataset_fingerprint=dataset.fingerprint(),
+        dataset_root=dataset_root,
+        num_images=len(dataset),
+        num_identities=dataset.num_identities,
+        facekd_version=pipeline.__version__,
+    )
+
+
+def _run_in_process(
+    dataset: FaceDataset, config: TeacherConfig, writer: StoreWriter, skip_corrupt: bool
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    for block in writer.pending_blocks:
+        start, stop = writer.layout.bounds(block)
+        yield block, embed_block(dataset, config, start, stop, skip_corrupt)
+
+
+def _run_on_dask(
+    dataset: FaceDataset, config: TeacherConfig, writer: StoreWriter, skip_corrupt: bool, client: Any
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """Submit blocks with a bounded window so finished blocks never pile up in memory."""
+    from distributed import as_completed
+
+    pending = list(writer.pending_blocks)
+    window = 2 * max(1, len(client.scheduler_info()["workers"]))
+    (dataset_future,) = client.scatter([dataset], broadcast=True)
+
+    def submit(block: int) -> Any:
+        start, stop = writer.layout.bounds(block)
+        return client.submit(
+            embed_block, dataset_future, config, start, stop, skip_corrupt, key=f"embed-block-{block}-{id(writer)}"
+        )
+
+    futures = {}
+    queue = as_completed()
+    for block in pending[:window]:
+        future = submit(block)
+        futures[future.key] = block
+        queue.add(future)
+    next_block = window
+    for future in queue:
+        yield futures.pop(future.key), future.result()
+        if next_block < len(pending):
+            new = submit(pending[next_block])
+            futures[new.key] = pending[next_block]
+            queue.add(new)
+            next_block += 1
+
+
+def _dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s")
+        except OSError as error:
+            raise FacekdError(f"cannot reach the dask scheduler at {scheduler} ({error})") from None
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+        dashboard_address=None, silence_logs=logging.ERROR,
+    )
+    return Client(cluster)
+
+
+def embed_dataset(
+    dataset: FaceDataset,
+    teacher_config: TeacherConfig,
+    store_path: str | Path,
+    *,
+    dataset_root: str = "",
+    block_size: int = 1024,
+    workers: int = 2,
+    scheduler: str | None = None,
+    skip_corrupt: bool = False,
+    embedding_dtype: str = "float16",
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed `dataset` into the store at `store_path`, resuming a partial store if one exists.
+
+    `workers` processes of a local dask cluster (0: in this process), or the cluster at
+    `scheduler`. Each worker's session uses `teacher_config.threads` threads.
+    """
+    store_path = Path(store_path)
+    in_process = workers == 0 and scheduler is None
+    local_config = replace(teacher_config, threads=0) if in_process else teacher_config
+    teacher = _teacher_session(local_config)
+    provenance = store_provenance(dataset, teacher, dataset_root)
+    if store_is_complete_for(store_path, dict(provenance, embedding_dtype=embedding_dtype)):
+        return EmbedSummary(store_path, True, len(dataset), 0, 0, _count_skipped(store_path))
+    writer = StoreWriter(
+        store_path, provenance, dataset.labels, dataset.keys, dataset.identity_names,
+        teacher.embedding_dim, block_size, embedding_dtype,
+    )
+    resumed = len(writer.resumed_blocks)
+    already_done = sum(stop - start for start, stop in map(writer.layout.bounds, writer.resumed_blocks))
+    bar = tqdm(
+        total=len(dataset), initial=already_done, unit="img", desc=f"embed {store_path.name}",
+        disable=not progress, smoothing=0.1,
+    )
+    client = None
+    try:
+        if in_process:
+            results = _run_in_process(dataset, local_config, writer, skip_corrupt)
+        else:
+            client = _dask_client(workers, teacher_config.threads, scheduler)
+            results = _run_on_dask(dataset, teacher_config, writer, skip_corrupt, client)
+        for block, (embeddings, skipped) in results:
+            norms = np.linalg.norm(embeddings, axis=2).astype(np.float32)
+            writer.write_block(block, embeddings.astype(embedding_dtype), norms, skipped)
+            start, stop = writer.layout.bounds(block)
+            bar.update(stop - start)
+        writer.finalize()
+    finally:
+        bar.close()
+        writer.close()
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return EmbedSummary(
+        store_path, False, len(dataset), resumed, writer.layout.num_blocks - resumed, _count_skipped(store_path)
+    )
+
+
+def _count_skipped(store_path: Path) -> int:
+    from pipeline.store import EmbeddingStore
+
+    with EmbeddingStore(store_path) as store:
+        return int(store.skipped.sum())

@@ -1,0 +1,52 @@
+"""The `facekd` command line: one command per DVC stage plus inspection tools.
+
+Commands are imported only when called, so `facekd --help` does not pay for torch or faiss.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from pipeline.errors import FacekdError
+
+# command name -> "module:attribute" of its click command
+COMMANDS = {
+    "synth": "stages.synth:synth",
+    "embed": "stages.embed:embed",
+    "store": "stages.store:store",
+}
+
+
+class FacekdGroup(click.Group):
+    """Lazy sub-commands; a FacekdError becomes a one-line message and exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FacekdError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=FacekdGroup)
+@click.version_option(package_name="facekd")
+def cli() -> None:
+    """facekd: distil a face-recognition teacher into a small student, offline."""
+
+
+def main() -> None:
+    cli(prog_name="facekd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""`facekd embed`: stage one, the teacher's single pass over the training images."""
+from __future__ import annotations
+
+import click
+
+from stages.params import load_section
+
+
+@click.command("embed")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
+@click.option("--workers", type=int, default=None, help="Local dask worker processes (0: no dask). Overrides embed.workers.")
+@click.option("--scheduler", default=None, help="Address of an existing dask scheduler, e.g. tcp://host:8786.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed(params_path: str, workers: int | None, scheduler: str | None, quiet: bool) -> None:
+    """Embed every image (and its flip) with the ONNX teacher into the HDF5 store."""
+    from pipeline.data.open import DATASET_FORMATS, open_dataset
+    from pipeline.embed import TeacherConfig, embed_dataset
+    from pipeline.store import STORE_DTYPES
+    from pipeline.teacher import Preprocessing
+
+    section = load_section(params_path, "embed")
+    preprocessing = section.sub("preprocessing")
+    dataset_path = section.get("dataset", str)
+    dataset = open_dataset(dataset_path, section.choice("dataset_format", DATASET_FORMATS, "auto"))
+    config = TeacherConfig(
+        path=section.get("teacher", str),
+        preprocessing=Preprocessing(
+            preprocessing.choice("channel_order", ("rgb", "bgr")),
+            preprocessing.get("mean", float),
+            preprocessing.get("std", float),
+        ),
+        device=section.choice("device", ("auto", "cpu", "cuda"), "auto"),
+        threads=section.get("threads_per_worker", int, 1),
+        batch_size=section.positive("batch_size"),
+        resize=section.get("resize", bool, False),
+    )
+    summary = embed_dataset(
+        dataset,
+        config,
+        section.get("store", str),
+        dataset_root=dataset_path,
+        block_size=section.positive("block_size"),
+        workers=section.get("workers", int) if workers is None else workers,
+        scheduler=scheduler,
+        skip_corrupt=section.choice("on_corrupt", ("error", "skip")) == "skip",
+        embedding_dtype=section.choice("dtype", STORE_DTYPES, "float16"),
+        progress=not quiet,
+    )
+    if summary.up_to_date:
+        click.echo(f"{summary.store_path}: already complete for this teacher and dataset; nothing to do")
+        return
+    resumed = f", resumed {summary.resumed_blocks} finished blocks" if summary.resumed_blocks else ""
+    skipped = f", skipped {summary.num_skipped} undecodable images" if summary.num_skipped else ""
+    click.echo(f"{summary.store_path}: {summary.num_images} images embedded{resumed}{skipped}")

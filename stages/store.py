@@ -1,0 +1,67 @@
+"""`facekd store ...`: inspect embedding stores."""
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+
+@click.group("store")
+def store() -> None:
+    """Inspect HDF5 embedding stores."""
+
+
+@store.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--max-skipped", default=20, show_default=True, help="How many skipped keys to list.")
+def info(path: str, max_skipped: int) -> None:
+    """Provenance, counts, embedding-norm statistics and skipped keys of a store."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.store import EmbeddingStore
+
+    console = Console()
+    with EmbeddingStore(path) as opened:
+        provenance = Table(title=f"{path}: provenance", show_header=False)
+        provenance.add_column("field")
+        provenance.add_column("value", overflow="fold")
+        for name, value in opened.provenance.items():
+            shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+            provenance.add_row(name, shown)
+        console.print(provenance)
+
+        norms = opened.read_norms()
+        valid = ~opened.skipped
+        counts = Table(title="counts", show_header=False)
+        counts.add_row("images", str(len(opened)))
+        counts.add_row("identities", str(len(opened.identity_names)))
+        counts.add_row("skipped images", str(int(opened.skipped.sum())))
+        counts.add_row("embedding", f"{opened.embedding_dim}-d {opened.embeddings.dtype}, image + flip")
+        console.print(counts)
+
+        statistics = Table(title="embedding norms")
+        for column in ("view", "min", "p1", "median", "mean", "p99", "max", "std"):
+            statistics.add_column(column, justify="right")
+        for view, column in (("image", 0), ("flip", 1)):
+            values = norms[valid, column]
+            if len(values) == 0:
+                continue
+            p1, median, p99 = np.percentile(values, [1, 50, 99])
+            statistics.add_row(
+                view, *(f"{v:.3f}" for v in (values.min(), p1, median, values.mean(), p99, values.max(), values.std()))
+            )
+        console.print(statistics)
+
+        skipped_indices = np.flatnonzero(opened.skipped)
+        if len(skipped_indices):
+            keys = opened.keys
+            listing = Table(title=f"skipped keys ({len(skipped_indices)})")
+            listing.add_column("index", justify="right")
+            listing.add_column("key")
+            for index in skipped_indices[:max_skipped]:
+                listing.add_row(str(index), keys[index])
+            console.print(listing)
+            if len(skipped_indices) > max_skipped:
+                console.print(f"... and {len(skipped_indices) - max_skipped} more (--max-skipped)")
