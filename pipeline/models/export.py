@@ -1,0 +1,87 @@
+"""Export a backbone to ONNX, and prove the file computes what the PyTorch model computes.
+
+The exported file is what the teacher stage (ONNX Runtime) loads, so it is written atomically
+and checked against eager PyTorch at a batch size other than the one it was traced with.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import nn
+
+from pipeline.errors import FacekdError
+from pipeline.models import eval_mode
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+TRACE_BATCH_SIZE = 2  # not 1: a batch of 1 invites the exporter to specialise the batch dimension
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, opset: int = 18) -> None:
+    """Write `model` (in eval mode) to one self-contained ONNX file with a dynamic batch dimension.
+
+    The file appears under `path` only once complete: it is written to a sibling temporary name
+    and renamed, so a crash never leaves a truncated model that looks finished.
+    """
+    path = Path(path)
+    partial_path = path.with_name(path.name + ".partial")
+    device = next(model.parameters()).device
+    example = torch.zeros(TRACE_BATCH_SIZE, 3, input_size, input_size, device=device)
+    try:
+        with eval_mode(model), torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                partial_path,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+                verbose=False,
+            )
+        partial_path.replace(path)
+    finally:
+        partial_path.unlink(missing_ok=True)
+    logger.info("exported %s to %s", type(model).__name__, path)
+
+
+def check_onnx_matches(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: int,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    batch_size: int = TRACE_BATCH_SIZE + 1,
+) -> None:
+    """Raise FacekdError unless ONNX Runtime on `path` reproduces `model` (eval mode) on a random batch.
+
+    Passes when max |onnx - torch| <= atol + rtol * max |torch|: the tolerance follows the output's
+    scale, since un-normalised embeddings can be far from 1 in magnitude. The default batch size
+    differs from the traced one, so a batch dimension frozen at export time is caught.
+    """
+    images = torch.randn(batch_size, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    with eval_mode(model), torch.no_grad():
+        expected = model(images.to(device)).cpu().numpy()
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    except Exception as error:  # onnxruntime's errors derive from Exception only
+        raise FacekdError(f"{path}: ONNX Runtime failed on a batch of shape {tuple(images.shape)}: {error}") from error
+    if actual.shape != expected.shape:
+        raise FacekdError(f"{path}: ONNX output has shape {actual.shape}, PyTorch gives {expected.shape}")
+    max_difference = float(np.abs(actual - expected).max())
+    tolerance = atol + rtol * float(np.abs(expected).max())
+    if not max_difference <= tolerance:  # also fails on NaN
+        raise FacekdError(
+            f"{path}: ONNX output differs from PyTorch by up to {max_difference:.3g} "
+            f"(allowed {tolerance:.3g}) on a batch of {batch_size}"
+        )
