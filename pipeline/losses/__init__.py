@@ -1,0 +1,22 @@
+"""Training losses: margin heads, ILED, RPSD and the baseline distillation losses."""
+from pipeline.losses.baselines import AdaArcDistillLoss, FCLoss, RawL2Loss, RKDLoss, SPLoss
+from pipeline.losses.iled import ILEDLoss, iled_rho
+from pipeline.losses.margin import CombinedMarginHead, combined_margin_logits, margin_head
+from pipeline.losses.projector import embedding_projector
+from pipeline.losses.rpsd import RPSDLoss, mine_rpsd_pairs
+
+__all__ = [
+    "AdaArcDistillLoss",
+    "CombinedMarginHead",
+    "FCLoss",
+    "ILEDLoss",
+    "RKDLoss",
+    "RPSDLoss",
+    "RawL2Loss",
+    "SPLoss",
+    "combined_margin_logits",
+    "embedding_projector",
+    "iled_rho",
+    "margin_head",
+    "mine_rpsd_pairs",
+]
