@@ -18,6 +18,7 @@ whatever the order of block writes or the crashes in between.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ def read_provenance(h5file: h5py.File) -> dict[str, Any]:
     return {name: _decode_attribute(h5file.attrs[name]) for name in sorted(h5file.attrs)}
 
 
+def provenance_hash(provenance: dict[str, Any]) -> str:
+    """sha256 of the identity fields as sorted JSON: names a store's inputs in an index or pair table."""
+    identity = {field: provenance.get(field) for field in IDENTITY_FIELDS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def describe_differences(found: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """Human-readable lines for each identity field that differs."""
     lines = []
@@ -83,6 +90,17 @@ def describe_differences(found: dict[str, Any], requested: dict[str, Any]) -> li
         if field in requested and found.get(field) != requested[field]:
             lines.append(f"{field}: store has {found.get(field)!r}, requested {requested[field]!r}")
     return lines
+
+
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted, unique) of a dataset: one slice read when they are dense, else a point selection."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dataset.dtype)
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 <= 2 * len(rows):
+        return dataset[first : last + 1][rows - first]
+    return dataset[rows]
 
 
 @dataclass(frozen=True)
@@ -262,6 +280,25 @@ class EmbeddingStore:
     def embeddings(self) -> h5py.Dataset:
         """The N x 2 x D dataset itself, for block-wise reading."""
         return self.file["embeddings"]
+
+    @property
+    def provenance_hash(self) -> str:
+        return provenance_hash(self.provenance)
+
+    def keys_at(self, rows: np.ndarray) -> list[str]:
+        """Keys of some rows, without reading every key (a store can hold millions)."""
+        unique_rows, positions = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        found = self.file["keys"][unique_rows] if len(unique_rows) else []
+        return [found[position].decode() for position in positions.reshape(-1)]
+
+    def row_of_key(self, key: str, block_size: int = 1 << 20) -> int:
+        """The row holding `key`, scanning the keys block by block."""
+        wanted, keys = key.encode(), self.file["keys"]
+        for start in range(0, len(keys), block_size):
+            hits = np.flatnonzero(keys[start : start + block_size] == wanted)
+            if len(hits):
+                return start + int(hits[0])
+        raise FacekdError(f"{self.path}: no image with key {key!r}")
 
     def read_embeddings(self) -> np.ndarray:
         return self.file["embeddings"][:]

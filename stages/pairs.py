@@ -1,0 +1,204 @@
+"""`facekd pairs ...`: look at what was mined: the hardest pairs, a contact sheet, the suspicious pairs.
+
+Paths default to params.yaml's `mine` section (mine.out, mine.store); --pairs / --store override.
+Only the selected pairs' keys (and, for a sheet, images) are read, so a table of millions of
+pairs is fine.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import click
+import numpy as np
+
+from pipeline.errors import FacekdError
+from stages.params import load_section
+
+KINDS = {"negative": 0, "positive": 1}
+
+
+def _path_options(command):
+    command = click.option("--store", "store_path", default=None, help="Embedding store. Default: mine.store.")(command)
+    command = click.option("--pairs", "pairs_path", default=None, help="Pair table. Default: mine.out.")(command)
+    return click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")(command)
+
+
+def _selection_options(command):
+    command = click.option("--image", default=None, help="Only pairs of the image with this key.")(command)
+    command = click.option("--identity", default=None, help="Only pairs whose anchor has this identity name.")(command)
+    command = click.option("--n", "count", default=20, show_default=True, help="How many pairs.")(command)
+    return click.option(
+        "--kind", type=click.Choice(sorted(KINDS)), default="negative", show_default=True,
+        help="negative: other identities the teacher finds most similar; positive: own identity, least similar.",
+    )(command)
+
+
+@contextmanager
+def _opened(params_path: str, pairs_path: str | None, store_path: str | None) -> Iterator[tuple]:
+    """The pair table and the store it was mined from (checked), paths from params unless given."""
+    from pipeline.mining import PairTable
+    from pipeline.store import EmbeddingStore
+
+    if pairs_path is None or store_path is None:
+        section = load_section(params_path, "mine")
+        pairs_path = pairs_path or section.get("out", str)
+        store_path = store_path or section.get("store", str)
+    with EmbeddingStore(store_path) as store, PairTable(pairs_path) as table:
+        table.check_store(store)
+        yield table, store
+
+
+def _anchors(store, identity: str | None, image: str | None) -> np.ndarray | None:
+    if identity is not None and image is not None:
+        raise click.UsageError("give --identity or --image, not both")
+    if image is not None:
+        return np.array([store.row_of_key(image)])
+    if identity is not None:
+        names = store.identity_names
+        if identity not in names:
+            raise FacekdError(f"{store.path}: no identity named {identity!r}")
+        return np.flatnonzero(store.labels == names.index(identity))
+    return None
+
+
+def _selected(table, store, kind: str, count: int, identity: str | None, image: str | None) -> list:
+    from pipeline.mining import describe_pairs, hardest_pairs
+
+    pairs = hardest_pairs(table, KINDS[kind], count, _anchors(store, identity, image))
+    return describe_pairs(pairs, store)
+
+
+def _open_dataset(store, dataset_path: str | None):
+    """The dataset the store was embedded from; refuses one whose size differs from the store's."""
+    from pipeline.data.open import open_dataset
+
+    dataset_path = dataset_path or store.provenance.get("dataset_root")
+    if not dataset_path:
+        raise FacekdError(f"{store.path}: its provenance names no dataset_root; pass --dataset")
+    dataset = open_dataset(dataset_path, store.provenance["dataset_kind"])
+    if len(dataset) != len(store):
+        raise FacekdError(f"dataset {dataset_path} has {len(dataset)} images; the store {store.path} has "
+                          f"{len(store)} (use --dataset to point at the embedded dataset)")
+    return dataset
+
+
+def _checked_loader(dataset, store):
+    """Image loader by store row that refuses a row whose dataset key differs from the store's."""
+
+    def load(row: int) -> np.ndarray:
+        (expected,) = store.keys_at(np.array([row]))
+        if dataset.keys[row] != expected:
+            raise FacekdError(f"{dataset.source(row)}: dataset key {dataset.keys[row]!r} is not the store's {expected!r}")
+        return dataset.load(row)
+
+    return load
+
+
+def _pair_table(title: str, records: list, sources: dict[int, str] | None = None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("#", "similarity", "kind", "anchor key", "anchor identity", "partner key", "partner identity"):
+        table.add_column(column, overflow="fold", justify="right" if column in ("#", "similarity") else "left")
+    if sources is not None:
+        table.add_column("anchor path", overflow="fold")
+        table.add_column("partner path", overflow="fold")
+    for number, record in enumerate(records, 1):
+        row = [
+            str(number), f"{record.similarity:.4f}", f"{record.kind} #{record.rank}",
+            record.anchor_key, f"{record.anchor_identity} ({record.anchor_label})",
+            record.partner_key, f"{record.partner_identity} ({record.partner_label})",
+        ]
+        if sources is not None:
+            row += [sources[record.anchor], sources[record.partner]]
+        table.add_row(*row)
+    return table
+
+
+@click.group("pairs")
+def pairs() -> None:
+    """Inspect mined pairs: hardest pairs, contact sheets, suspicious pairs."""
+
+
+@pairs.command("top")
+@_path_options
+@_selection_options
+@click.option("--paths", "show_paths", is_flag=True, help="Also show where each image lives (opens the dataset).")
+@click.option("--dataset", "dataset_path", default=None, help="Dataset location if it moved since embedding.")
+def top(params_path, pairs_path, store_path, kind, count, identity, image, show_paths, dataset_path) -> None:
+    """The hardest pairs: overall, of one identity (--identity) or of one image (--image)."""
+    from rich.console import Console
+
+    with _opened(params_path, pairs_path, store_path) as (table, store):
+        records = _selected(table, store, kind, count, identity, image)
+        sources = None
+        if show_paths:
+            dataset = _open_dataset(store, dataset_path)
+            sources = {row: dataset.source(row) for record in records for row in (record.anchor, record.partner)}
+        scope = f" of image {image}" if image else f" of identity {identity}" if identity else ""
+        Console().print(_pair_table(f"hardest {kind} pairs{scope} ({len(records)})", records, sources))
+
+
+@pairs.command("sheet")
+@_path_options
+@_selection_options
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--columns", default=4, show_default=True, help="Pairs per row.")
+@click.option("--tile", default=112, show_default=True, help="Size of each image in pixels.")
+@click.option("--dataset", "dataset_path", default=None, help="Dataset location if it moved since embedding.")
+def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out_path, columns, tile, dataset_path) -> None:
+    """A PNG contact sheet of the hardest pairs, images side by side with keys, identities and similarity."""
+    from pathlib import Path
+
+    from pipeline.contact_sheet import draw_contact_sheet
+
+    with _opened(params_path, pairs_path, store_path) as (table, store):
+        records = _selected(table, store, kind, count, identity, image)
+        loader = _checked_loader(_open_dataset(store, dataset_path), store)
+        picture = draw_contact_sheet(records, loader, columns=columns, tile=tile)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out_path, format="PNG")
+    click.echo(f"{out_path}: {len(records)} {kind} pairs")
+
+
+@pairs.command("suspicious")
+@_path_options
+@click.option("--threshold", type=float, default=None, help="Default: the mining's suspicious_threshold.")
+@click.option("--n", "count", default=50, show_default=True, help="How many pairs to list.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write every suspicious pair here.")
+def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) -> None:
+    """Different identities, teacher similarity >= threshold: likely duplicates or label noise to clean."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.mining import describe_pairs, suspicious_pairs, write_pairs_csv
+
+    console = Console()
+    with _opened(params_path, pairs_path, store_path) as (table, store):
+        threshold = float(table.attributes["suspicious_threshold"]) if threshold is None else threshold
+        found = suspicious_pairs(table, threshold)
+        records = describe_pairs(found.take(slice(0, count)), store)
+        if csv_path:
+            write_pairs_csv(csv_path, describe_pairs(found, store))
+        labels = np.sort(np.stack([store.labels[found.anchor], store.labels[found.partner]], axis=1), axis=1)
+        identity_names = store.identity_names
+    console.print(f"{len(found)} suspicious pairs: different identities, teacher similarity >= {threshold}")
+    if not len(found):
+        return
+    console.print(_pair_table(f"most similar suspicious pairs ({len(records)} of {len(found)})", records))
+    identity_pairs, first, pair_counts = np.unique(labels, axis=0, return_index=True, return_counts=True)
+    by_count = np.lexsort((first, -pair_counts))[:count]
+    grouped = Table(title="identity pairs with suspicious image pairs (candidates for merging)")
+    for column in ("identity", "identity", "image pairs", "max similarity"):
+        grouped.add_column(column, overflow="fold")
+    for position in by_count:
+        low, high = identity_pairs[position]
+        # `found` is sorted by similarity, so an identity pair's first pair is its most similar
+        grouped.add_row(
+            f"{identity_names[low]} ({low})", f"{identity_names[high]} ({high})",
+            str(pair_counts[position]), f"{found.similarity[first[position]]:.4f}",
+        )
+    console.print(grouped)
+    if csv_path:
+        console.print(f"all {len(found)} pairs written to {csv_path}")
