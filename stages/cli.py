@@ -14,8 +14,15 @@ from pipeline.errors import FacekdError
 # command name -> "module:attribute" of its click command
 COMMANDS = {
     "synth": "stages.synth:synth",
+    "teacher": "stages.teacher:teacher",
     "embed": "stages.embed:embed",
+    "train": "stages.train:train",
     "store": "stages.store:store",
+    "index": "stages.index:index",
+    "mine": "stages.mine:mine",
+    "pairs": "stages.pairs:pairs",
+    "evaluate": "stages.evaluate:evaluate",
+    "make-bin": "stages.evaluate:make_bin",
 }
 
 

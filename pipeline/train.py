@@ -1,0 +1,309 @@
+"""Stage two: the training loop (plain PyTorch), for students and for the default teacher.
+
+One loop trains a backbone with a margin head plus the KD terms of a `DistillationConfig`,
+reading teacher embeddings from the store. It checkpoints at every epoch end; a rerun resumes
+from the checkpoint and repeats the interrupted epoch exactly (samplers, flips and RNG state are
+functions of the seed and the epoch), so its final weights equal an uninterrupted run's.
+Under `torchrun` it trains with DistributedDataParallel (gloo on CPU, NCCL on GPU); the learning
+rate scales with the global batch, as in insightface (base rate per 512 samples).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.data.dataset import FaceDataset
+from pipeline.distill import DistillationConfig, Distiller
+from pipeline.errors import FacekdError
+from pipeline.losses import margin_head
+from pipeline.models import build_backbone
+from pipeline.models.export import check_onnx_matches, export_onnx
+from pipeline.sampler import PairBatchSampler, RandomBatchSampler
+from pipeline.training_data import TeacherTargets, TrainingImages, normalise_images
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.onnx"
+LOG = "train_log.csv"
+METRICS = "train_metrics.json"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum; `lr` is the rate for a global batch of 512 (scaled linearly)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "poly"  # "poly" or "step"
+    warmup_epochs: float = 1.0
+    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the rate by gamma
+    gamma: float = 0.1
+    power: float = 2.0  # exponent of "poly"
+    clip_grad_norm: float = 5.0  # <= 0: no clipping
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("poly", "step"):
+            raise FacekdError(f"learning-rate schedule is {self.schedule!r}; expected 'poly' or 'step'")
+        if self.lr <= 0:
+            raise FacekdError(f"learning rate is {self.lr}; expected a positive number")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str
+    embedding_dim: int = 512
+    width: float = 1.0
+    margin: str = "arcface"  # or "cosface"
+    margin_scale: float = 64.0
+    margin_value: float | None = None  # None: 0.5 for ArcFace, 0.35 for CosFace
+    margin_weight: float = 1.0  # 0: no margin head (e.g. the AdaArcDistill row)
+    epochs: int = 10
+    batch_size: int = 256  # global, over all ranks
+    seed: int = 0
+    sampler: str = "random"  # or "pairs"
+    flip: bool = True
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads per process; 0: torch's default
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("random", "pairs"):
+            raise FacekdError(f"sampler is {self.sampler!r}; expected 'random' or 'pairs'")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise FacekdError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be positive")
+        if self.margin_weight <= 0 and not self.distillation.uses_teacher:
+            raise FacekdError("margin_weight is 0 and no distillation term is set: nothing to train")
+
+    def fingerprint(self) -> str:
+        """Identifies the settings a checkpoint was made with (resume only under the same ones)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    resumed_from_epoch: int
+    metrics: dict[str, Any]
+
+
+def learning_rate(config: OptimConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Linear warm-up, then polynomial decay to 0 or step decay at the milestones."""
+    epoch = step / steps_per_epoch
+    if epoch < config.warmup_epochs:
+        return base_lr * (step + 1) / (config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "step":
+        return base_lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
+    progress = (epoch - config.warmup_epochs) / max(epochs - config.warmup_epochs, 1e-9)
+    return base_lr * max(0.0, 1.0 - progress) ** config.power
+
+
+class StudentModel(nn.Module):
+    """Backbone + margin head + KD terms in one module, so DDP synchronises all their gradients."""
+
+    def __init__(self, config: TrainConfig, input_size: int, num_classes: int, teacher_dim: int | None) -> None:
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width)
+        self.head = (
+            margin_head(config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value)
+            if config.margin_weight > 0 else None
+        )
+        self.margin_weight = config.margin_weight
+        self.distiller = (
+            Distiller(config.distillation, config.embedding_dim, teacher_dim, num_classes, config.epochs)
+            if config.distillation.uses_teacher and teacher_dim else None
+        )
+
+    def forward(
+        self, images: Tensor, labels: Tensor, targets: Tensor, indices: Tensor, epoch: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        embeddings = self.backbone(images)
+        terms: dict[str, Tensor] = {}
+        if self.head is not None:
+            terms["margin"] = self.margin_weight * self.head(embeddings, labels)
+        if self.distiller is not None:
+            terms.update(self.distiller(embeddings, targets, labels, indices, epoch))
+        return embeddings, terms
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world_size, device
+
+
+def _save_atomically(payload: dict[str, Any], path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _collate(items: list[tuple[Tensor, int, int, bool, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    images, labels, indices, _flips, targets = zip(*items)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(indices), torch.stack(targets)
+
+
+def train(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    out_dir: str | Path,
+    *,
+    targets: TeacherTargets | None = None,
+    usable: np.ndarray | None = None,
+    pair_offsets: np.ndarray | None = None,
+    pair_partners: np.ndarray | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) a backbone on `dataset`; write checkpoint, log, metrics and ONNX to `out_dir`.
+
+    `targets`: the teacher embeddings of `dataset` (needed by every KD term). `usable`: the
+    sample indices to train on (default all). `pair_offsets`/`pair_partners`: the mined pair
+    table in CSR form, needed by the "pairs" sampler.
+    """
+    out_dir = Path(out_dir)
+    rank, world_size, device = _distributed()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    if config.distillation.uses_teacher and targets is None:
+        raise FacekdError("the distillation terms need the teacher embeddings (targets) of the training set")
+    if targets is not None and targets.shape[0] != len(dataset):
+        raise FacekdError(f"the store holds {targets.shape[0]} embeddings but the dataset has {len(dataset)} images")
+    usable = np.arange(len(dataset)) if usable is None else usable
+    if config.sampler == "pairs":
+        if pair_offsets is None or pair_partners is None:
+            raise FacekdError("sampler 'pairs' needs the mined pair table")
+        sampler: RandomBatchSampler = PairBatchSampler(
+            usable, pair_offsets, pair_partners, config.batch_size, config.seed, rank, world_size, config.flip
+        )
+    else:
+        sampler = RandomBatchSampler(usable, config.batch_size, config.seed, rank, world_size, config.flip)
+    input_size = dataset.load(int(usable[0])).shape[0]
+    torch.manual_seed(config.seed)
+    model = StudentModel(config, input_size, dataset.num_identities, targets.dim if targets else None).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    base_lr = config.optim.lr * config.batch_size / 512
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=base_lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
+    )
+    start_epoch = 0
+    checkpoint_path = out_dir / CHECKPOINT
+    history: list[dict[str, float]] = []
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if checkpoint["config_fingerprint"] == config.fingerprint() and checkpoint["world_size"] == world_size:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            torch.set_rng_state(checkpoint["rng_state"])
+            start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+            if rank == 0:
+                log.info("resuming %s from epoch %d", out_dir, start_epoch)
+        elif rank == 0:
+            log.warning("%s was made with other settings or world size; training from scratch", checkpoint_path)
+    trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
+    loader = DataLoader(
+        TrainingImages(dataset, targets), batch_sampler=sampler, num_workers=config.num_workers,
+        collate_fn=_collate, persistent_workers=config.num_workers > 0,
+    )
+    steps_per_epoch = len(sampler)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0)
+        for step, (images, labels, indices, batch_targets) in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            lr = learning_rate(config.optim, base_lr, global_step, steps_per_epoch, config.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = normalise_images(images.to(device))
+            labels, indices, batch_targets = labels.to(device), indices.to(device), batch_targets.to(device)
+            embeddings, terms = trained(images, labels, batch_targets, indices, epoch + step / steps_per_epoch)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.clip_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
+            optimizer.step()
+            if model.distiller is not None:
+                model.distiller.remember(embeddings.detach(), batch_targets, labels, indices)
+            if not math.isfinite(loss.item()):
+                raise FacekdError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate")
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            if step % 10 == 0:
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(
+                    {name: f"{value / (step + 1):.3f}" for name, value in sums.items()}
+                    | {"img/s": f"{(step + 1) * config.batch_size / elapsed:.0f}", "lr": f"{lr:.3g}"}
+                )
+        bar.close()
+        seconds = time.perf_counter() - started
+        history.append(
+            {"epoch": epoch + 1, "lr": lr, "samples_per_second": steps_per_epoch * config.batch_size / seconds}
+            | {name: value / steps_per_epoch for name, value in sums.items()}
+        )
+        if rank == 0:
+            _save_atomically(
+                {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng_state": torch.get_rng_state(), "history": history, "world_size": world_size,
+                    "config_fingerprint": config.fingerprint(), "config": asdict(config),
+                },
+                checkpoint_path,
+            )
+            _write_log(history, out_dir / LOG)
+        if world_size > 1:
+            dist.barrier()
+    metrics = {
+        "epochs": config.epochs,
+        "world_size": world_size,
+        "global_batch_size": config.batch_size,
+        "base_lr_per_512": config.optim.lr,
+        "scaled_lr": base_lr,
+        "seed": config.seed,
+        "final": history[-1] if history else {},
+        "samples_per_second": float(np.mean([h["samples_per_second"] for h in history])),
+    }
+    if rank == 0:
+        model.eval()
+        export_onnx(model.backbone, out_dir / MODEL, input_size)
+        check_onnx_matches(model.backbone, out_dir / MODEL, input_size)
+        (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return TrainResult(out_dir, start_epoch, metrics)
+
+
+def _write_log(history: list[dict[str, float]], path: Path) -> None:
+    columns = sorted({name for row in history for name in row} - {"epoch"})
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, ["epoch", *columns])
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,74 @@
+"""The training data path: decoded images plus the cached teacher embedding of the same view.
+
+A sample is (dataset index, flip). The image is decoded and flipped if asked; its target is the
+store's embedding of that view (row 0 = image, row 1 = flip), so the student always learns from
+the teacher's embedding of exactly what it sees. The teacher itself is never run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data.dataset import FaceDataset
+
+
+class TeacherTargets:
+    """Teacher embeddings (N x 2 x D) by (index, view): in memory when they fit, else read lazily.
+
+    In-memory targets are read once (float16). Lazily read targets open the HDF5 file on first
+    use in each process, read-only, so DataLoader workers never share a file handle.
+    """
+
+    def __init__(self, store_path: str | Path, memory_budget_bytes: int = 8 << 30) -> None:
+        self.store_path = Path(store_path)
+        with h5py.File(self.store_path, "r") as store:
+            dataset = store["embeddings"]
+            self.shape = dataset.shape
+            in_memory = dataset.size * dataset.dtype.itemsize <= memory_budget_bytes
+            self.array: np.ndarray | None = dataset[:] if in_memory else None
+        self._lazy_file: h5py.File | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.shape[2])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lazy_file": None}
+
+    def get(self, index: int, view: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[index, view]
+        if self._lazy_file is None:
+            self._lazy_file = h5py.File(self.store_path, "r")
+        return self._lazy_file["embeddings"][index, view]
+
+
+class TrainingImages(Dataset):
+    """Items (index, flip) -> (uint8 H x W x 3 image, label, index, flip, teacher target)."""
+
+    def __init__(self, dataset: FaceDataset, targets: TeacherTargets | None = None) -> None:
+        self.dataset = dataset
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, int, int, bool, torch.Tensor]:
+        index, flip = item
+        image = self.dataset.load(index)
+        if flip:
+            image = image[:, ::-1]
+        target = (
+            torch.from_numpy(self.targets.get(index, int(flip)).astype(np.float32))
+            if self.targets is not None else torch.empty(0)
+        )
+        return torch.from_numpy(image.copy()), int(self.dataset.labels[index]), index, flip, target
+
+
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 B x H x W x 3 -> float B x 3 x H x W, (x - 127.5) / 127.5 as insightface trains."""
+    return images.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous(memory_format=torch.channels_last)

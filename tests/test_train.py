@@ -1,0 +1,173 @@
+"""Stage two with real components: images, a store from a real ONNX teacher, real training and export."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.image_folder import ImageFolderDataset
+from pipeline.distill import DistillationConfig
+from pipeline.embed import TeacherConfig, embed_dataset
+from pipeline.errors import FacekdError
+from pipeline.sampler import RandomBatchSampler
+from pipeline.teacher import OnnxTeacher
+from pipeline.train import CHECKPOINT, METRICS, MODEL, OptimConfig, TrainConfig, learning_rate, train
+from pipeline.training_data import TeacherTargets
+
+# Scripts run in subprocesses import this module (tests.test_train) from the repository root.
+REPO_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+TINY_STUDENT = TrainConfig(
+    backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=3, batch_size=8, seed=0, threads=1,
+    optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
+    distillation=DistillationConfig(iled=5.0, rpsd=10.0, rpsd_bank_size=16, rpsd_k_neg=4),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, face_folder: Path, tiny_teacher: Path) -> Path:
+    path = tmp_path_factory.mktemp("train") / "store.h5"
+    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), path, workers=0, progress=False)
+    return path
+
+
+def test_learning_rate_schedules() -> None:
+    poly = OptimConfig(lr=0.1, warmup_epochs=1, power=2)
+    rates = [learning_rate(poly, 0.1, step, steps_per_epoch=10, epochs=5) for step in range(50)]
+    assert rates[0] == pytest.approx(0.01) and rates[9] == pytest.approx(0.1)
+    assert rates[10] == pytest.approx(0.1) and all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[30] == pytest.approx(0.1 * (1 - 2 / 4) ** 2)
+    step = OptimConfig(lr=0.1, schedule="step", warmup_epochs=0, milestones=(2, 4), gamma=0.1)
+    assert [learning_rate(step, 0.1, s, 10, 5) for s in (0, 19, 20, 39, 40)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_student_trains_and_exports_a_matching_onnx(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    dataset = ImageFolderDataset(face_folder)
+    result = train(TINY_STUDENT, dataset, tmp_path / "student", targets=TeacherTargets(tiny_store), progress=False)
+    history = torch.load(tmp_path / "student" / CHECKPOINT, weights_only=False)["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert {"margin", "iled", "rpsd", "loss"} <= set(history[0])
+    assert history[-1]["loss"] < history[0]["loss"], "training did not reduce the loss"
+    assert result.metrics["scaled_lr"] == pytest.approx(0.5 * 8 / 512) and result.metrics["world_size"] == 1
+    assert (tmp_path / "student" / METRICS).is_file() and (tmp_path / "student" / "train_log.csv").is_file()
+    student = OnnxTeacher(tmp_path / "student" / MODEL)  # the export runs in ONNX Runtime at any batch size
+    assert student.embedding_dim == 8
+    assert student.embed(np.stack([dataset.load(i) for i in range(5)])).shape == (5, 8)
+
+
+def test_distillation_without_targets_is_refused(tmp_path: Path, face_folder: Path) -> None:
+    with pytest.raises(FacekdError, match="need the teacher embeddings"):
+        train(TINY_STUDENT, ImageFolderDataset(face_folder), tmp_path, progress=False)
+
+
+def test_pairs_sampler_needs_the_pair_table(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    config = replace(TINY_STUDENT, sampler="pairs")
+    with pytest.raises(FacekdError, match="sampler 'pairs' needs the mined pair table"):
+        train(config, ImageFolderDataset(face_folder), tmp_path, targets=TeacherTargets(tiny_store), progress=False)
+
+
+KILLABLE_TRAIN = textwrap.dedent(
+    """
+    import sys, time
+    from pipeline.data.image_folder import ImageFolderDataset
+    from pipeline.train import train
+    from pipeline.training_data import TeacherTargets
+    from tests.test_train import TINY_STUDENT
+
+    class SlowFolder(ImageFolderDataset):
+        def load(self, index):
+            time.sleep(float(sys.argv[4]))
+            return super().load(index)
+
+    if __name__ == "__main__":
+        folder, store, out = sys.argv[1:4]
+        train(TINY_STUDENT, SlowFolder(folder), out, targets=TeacherTargets(store), progress=False)
+    """
+)
+
+
+def test_kill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
+    tmp_path: Path, face_folder: Path, tiny_store: Path
+) -> None:
+    script = tmp_path / "killable_train.py"
+    script.write_text(KILLABLE_TRAIN)
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(face_folder), str(tiny_store), str(out), "0.05"], env=REPO_ENV
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and not (out / CHECKPOINT).exists():
+        time.sleep(0.02)
+    time.sleep(0.6)  # into the second epoch (each epoch loads 40 images at 0.05 s)
+    assert process.poll() is None, "training finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert torch.load(out / CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert not (out / MODEL).exists()
+
+    dataset = ImageFolderDataset(face_folder)
+    resumed = train(TINY_STUDENT, dataset, out, targets=TeacherTargets(tiny_store), progress=False)
+    assert resumed.resumed_from_epoch == 1
+    uninterrupted = train(TINY_STUDENT, dataset, tmp_path / "whole", targets=TeacherTargets(tiny_store), progress=False)
+    assert uninterrupted.resumed_from_epoch == 0
+    final = torch.load(out / CHECKPOINT, weights_only=False)["model"]
+    reference = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=False)["model"]
+    assert final.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(final[name], reference[name]), f"{name} differs after resuming"
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    dataset = ImageFolderDataset(face_folder)
+    one_epoch = replace(TINY_STUDENT, epochs=1)
+    train(one_epoch, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False)
+    changed = replace(one_epoch, seed=1)
+    assert train(changed, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False).resumed_from_epoch == 0
+
+
+DDP_TRAIN = textwrap.dedent(
+    """
+    import sys
+    from dataclasses import replace
+    from pipeline.data.image_folder import ImageFolderDataset
+    from pipeline.train import train
+    from pipeline.training_data import TeacherTargets
+    from tests.test_train import TINY_STUDENT, DDP_STUDENT
+
+    if __name__ == "__main__":
+        folder, store, out = sys.argv[1:4]
+        train(DDP_STUDENT, ImageFolderDataset(folder), out, targets=TeacherTargets(store), progress=False)
+    """
+)
+# 42 images, global batch 8: 5 steps, 40 samples an epoch; a bank of 40 holds exactly the last epoch.
+DDP_STUDENT = replace(TINY_STUDENT, epochs=2, distillation=replace(TINY_STUDENT.distillation, rpsd_bank_size=40))
+
+
+def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_TRAIN)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    completed = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(face_folder), str(tiny_store), str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=600, env={**REPO_ENV, "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)
+    assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 2
+    bank_indices = sorted(checkpoint["model"]["distiller.memory.dataset_indices"].tolist())
+    usable = np.arange(42)
+    per_rank = []
+    for rank in (0, 1):
+        sampler = RandomBatchSampler(usable, 8, seed=0, rank=rank, world_size=2)
+        sampler.set_epoch(1)
+        per_rank.append([index for batch in sampler for index, _flip in batch])
+    assert bank_indices == sorted(per_rank[0] + per_rank[1])
+    assert set(per_rank[1]) - set(per_rank[0]), "rank 1 contributed nothing of its own"
+    metrics = (tmp_path / "ddp" / METRICS).read_text()
+    assert '"world_size": 2' in metrics and '"global_batch_size": 8' in metrics
