@@ -82,6 +82,7 @@ class TrainConfig:
     flip: bool = True
     num_workers: int = 0
     threads: int = 0  # torch intra-op threads per process; 0: torch's default
+    compile: bool = False  # torch.compile the backbone: ~1.8x faster iResNet steps on CPU after ~1 min
     optim: OptimConfig = field(default_factory=OptimConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
@@ -94,8 +95,15 @@ class TrainConfig:
             raise FacekdError("margin_weight is 0 and no distillation term is set: nothing to train")
 
     def fingerprint(self) -> str:
-        """Identifies the settings a checkpoint was made with (resume only under the same ones)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        """Identifies the settings and the library code a checkpoint was made with.
+
+        A checkpoint is resumed only under the same fingerprint: after a change of settings or of
+        the code, a kept checkpoint (DVC `persist`) must not pass for the new run's result.
+        """
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for source in sorted(Path(__file__).parent.rglob("*.py")):
+            digest.update(source.read_bytes())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,6 @@ def train(
     input_size = dataset.load(int(usable[0])).shape[0]
     torch.manual_seed(config.seed)
     model = StudentModel(config, input_size, dataset.num_identities, targets.dim if targets else None).to(device)
-    model = model.to(memory_format=torch.channels_last)
     base_lr = config.optim.lr * config.batch_size / 512
     optimizer = torch.optim.SGD(
         model.parameters(), lr=base_lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
@@ -225,6 +232,8 @@ def train(
                 log.info("resuming %s from epoch %d", out_dir, start_epoch)
         elif rank == 0:
             log.warning("%s was made with other settings or world size; training from scratch", checkpoint_path)
+    if config.compile:
+        model.backbone.compile()
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
     loader = DataLoader(
         TrainingImages(dataset, targets), batch_sampler=sampler, num_workers=config.num_workers,
@@ -294,9 +303,11 @@ def train(
         "samples_per_second": float(np.mean([h["samples_per_second"] for h in history])),
     }
     if rank == 0:
-        model.eval()
-        export_onnx(model.backbone, out_dir / MODEL, input_size)
-        check_onnx_matches(model.backbone, out_dir / MODEL, input_size)
+        # A fresh, uncompiled copy of the backbone is what gets exported.
+        backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width).to(device)
+        backbone.load_state_dict(model.backbone.state_dict())
+        export_onnx(backbone, out_dir / MODEL, input_size)
+        check_onnx_matches(backbone, out_dir / MODEL, input_size)
         (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return TrainResult(out_dir, start_epoch, metrics)
 

@@ -71,4 +71,4 @@ class TrainingImages(Dataset):
 
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 B x H x W x 3 -> float B x 3 x H x W, (x - 127.5) / 127.5 as insightface trains."""
-    return images.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous(memory_format=torch.channels_last)
+    return images.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous()

@@ -23,6 +23,7 @@ COMMANDS = {
     "pairs": "stages.pairs:pairs",
     "evaluate": "stages.evaluate:evaluate",
     "make-bin": "stages.evaluate:make_bin",
+    "results": "stages.results:results",
 }
 
 
