@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate:evaluate",
     "make-bin": "stages.evaluate:make_bin",
     "results": "stages.results:results",
+    "ablation": "stages.ablation:ablation",
 }
 
 

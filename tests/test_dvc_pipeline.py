@@ -1,0 +1,87 @@
+"""The real DVC pipeline (dvc.yaml + params.yaml of this repository) on a tiny configuration,
+in a temporary git repository: `dvc repro` runs every stage, a second one does nothing, and a
+changed student setting re-runs only that student's stages."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[1]
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synth"].update(
+        size=32, teacher_identities=6, teacher_images=4, student_identities=5, student_images=4,
+        heldout_identities=5, heldout_images=4, workers=1,
+    )
+    params["verification"]["num_pairs"] = 20
+    params["teacher"].update(width=0.125, embedding_dim=16, epochs=1, batch_size=8, compile=False, threads=1)
+    params["embed"].update(workers=0, block_size=8, batch_size=16)
+    params["index"]["knn_k"] = 4
+    params["mine"]["hard_negatives_per_anchor"] = 2
+    params["mine"]["hard_positives_per_anchor"] = 2
+    params["train"].update(width=0.125, embedding_dim=8, epochs=1, batch_size=8, threads=1)
+    params["train"]["distillation"]["rpsd_bank_size"] = 16
+    params["students"] = {
+        "alone": {},
+        "distilled": {"sampler": "pairs", "distillation": {"iled": 5.0, "rpsd": 10.0}},
+    }
+    return params
+
+
+def run(command: list[str], cwd: Path) -> str:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(cwd), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, f"{command} failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}"
+    return completed.stdout + completed.stderr
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dvc_project")
+    for folder in ("pipeline", "stages", ".dvc"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / ".gitignore").write_text("/data/\n__pycache__/\n")
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "."], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline"], root)
+    return root
+
+
+def test_repro_runs_everything_then_nothing_then_only_the_changed_student(project: Path) -> None:
+    first = run([sys.executable, "-m", "dvc", "repro"], project)
+    expected = {
+        "synth", "verification", "teacher", "embed", "index", "mine", "evaluate_teacher",
+        "train@alone", "train@distilled", "evaluate@alone", "evaluate@distilled",
+    }
+    assert ran_stages(first) == expected
+    for path in ("data/store/teacher_embeddings.h5", "data/pairs/pairs.h5", "data/students/distilled/model.onnx",
+                 "data/eval/teacher/metrics.json", "data/eval/distilled/metrics.json", "data/eval/heldout.bin"):
+        assert (project / path).is_file(), path
+
+    second = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert ran_stages(second) == set() and "Data and pipelines are up to date" in second
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["students"]["distilled"]["distillation"]["rpsd"] = 5.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert ran_stages(third) == {"train@distilled", "evaluate@distilled"}
+
+    metrics = run([sys.executable, "-m", "dvc", "metrics", "show"], project)
+    assert "data/eval/distilled/metrics.json" in metrics and "accuracy" in metrics
+    results = run([str(Path(sys.executable).parent / "facekd"), "results"], project)
+    assert "verification on heldout" in results and (project / "data/report/roc_heldout.png").is_file()
