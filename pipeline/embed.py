@@ -8,6 +8,7 @@ calling process (no dask), which is also the reference the parallel path is test
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,6 +51,7 @@ class EmbedSummary:
     resumed_blocks: int
     embedded_blocks: int
     num_skipped: int
+    write_seconds: float = 0.0  # time spent writing blocks into the store (the single writer)
 
 
 _SESSIONS: dict[TeacherConfig, OnnxTeacher] = {}
@@ -205,9 +207,12 @@ def embed_dataset(
         else:
             client = _dask_client(workers, teacher_config.threads, scheduler)
             results = _run_on_dask(dataset, teacher_config, writer, skip_corrupt, client)
+        write_seconds = 0.0
         for block, (embeddings, skipped) in results:
+            started = time.perf_counter()
             norms = np.linalg.norm(embeddings, axis=2).astype(np.float32)
             writer.write_block(block, embeddings.astype(embedding_dtype), norms, skipped)
+            write_seconds += time.perf_counter() - started
             start, stop = writer.layout.bounds(block)
             bar.update(stop - start)
         writer.finalize()
@@ -220,7 +225,8 @@ def embed_dataset(
             if cluster is not None:
                 cluster.close()
     return EmbedSummary(
-        store_path, False, len(dataset), resumed, writer.layout.num_blocks - resumed, _count_skipped(store_path)
+        store_path, False, len(dataset), resumed, writer.layout.num_blocks - resumed, _count_skipped(store_path),
+        write_seconds,
     )
 
 

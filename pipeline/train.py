@@ -172,7 +172,7 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _collate(items: list[tuple[Tensor, int, int, bool, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def collate_training_batch(items: list[tuple[Tensor, int, int, bool, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     images, labels, indices, _flips, targets = zip(*items)
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices), torch.stack(targets)
 
@@ -237,7 +237,7 @@ def train(
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
     loader = DataLoader(
         TrainingImages(dataset, targets), batch_sampler=sampler, num_workers=config.num_workers,
-        collate_fn=_collate, persistent_workers=config.num_workers > 0,
+        collate_fn=collate_training_batch, persistent_workers=config.num_workers > 0,
     )
     steps_per_epoch = len(sampler)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnxruntime
@@ -24,6 +27,23 @@ OUTPUT_NAME = "embedding"
 TRACE_BATCH_SIZE = 2  # not 1: a batch of 1 invites the exporter to specialise the batch dimension
 
 
+EXPORTER_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")
+
+
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise the given loggers to ERROR for the duration of the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, opset: int = 18) -> None:
     """Write `model` (in eval mode) to one self-contained ONNX file with a dynamic batch dimension.
 
@@ -35,7 +55,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, opse
     device = next(model.parameters()).device
     example = torch.zeros(TRACE_BATCH_SIZE, 3, input_size, input_size, device=device)
     try:
-        with eval_mode(model), torch.no_grad():
+        # The exporter warns about torchvision ops and its own deprecations; none concern our models.
+        with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
                 model,
                 (example,),
