@@ -155,7 +155,7 @@ def _dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="30s")
+            return Client(scheduler, timeout="10s")
         except OSError as error:
             raise FacekdError(f"cannot reach the dask scheduler at {scheduler} ({error})") from None
     cluster = LocalCluster(

@@ -18,7 +18,7 @@ from stages.params import load_section
 def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: bool) -> None:
     """Train every row under every seed, evaluate on the first `evaluate.pairs` set, write a markdown table."""
     from pipeline.ablation import evaluate_model, markdown_table, run_rows
-    from pipeline.data.verification_bin import load_bin
+    from pipeline.data.verification_bin import load_pair_set
     from pipeline.train import train
     from stages.train import merged_section, training_inputs
     from stages.training import train_config_from
@@ -39,7 +39,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     )
     dataset = inputs.pop("dataset")
     pairs_path = load_section(params_path, "evaluate").get("pairs", list)[0]
-    pairs = load_bin(pairs_path)
+    pairs = load_pair_set(pairs_path)
     out_root = Path(section.get("out_root", str))
 
     def train_one(config, out_dir):

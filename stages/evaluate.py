@@ -13,8 +13,12 @@ from stages.params import load_section
 @click.option("--onnx", "model_path", required=True, type=click.Path(dir_okay=False), help="The ONNX model to evaluate.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json and roc/.")
 def evaluate(params_path: str, model_path: str, out_dir: str) -> None:
-    """Verification accuracy, TAR@FAR, XNorm and ROC of a model on every pair set of `evaluate.pairs`."""
-    from pipeline.data.verification_bin import load_bin
+    """Verification accuracy, TAR@FAR, XNorm and ROC of a model on every pair set of `evaluate.pairs`.
+
+    A pair set is an insightface `.bin` file, or a text file of `path1 path2 0|1` lines (1 = same
+    identity) with paths relative to the text file's folder.
+    """
+    from pipeline.data.verification_bin import load_pair_set
     from pipeline.evaluate import evaluate_pairs, write_evaluation
     from pipeline.teacher import OnnxTeacher, Preprocessing
 
@@ -29,7 +33,7 @@ def evaluate(params_path: str, model_path: str, out_dir: str) -> None:
         batch_size=section.positive("batch_size"),
     )
     folds = section.positive("folds")
-    reports = {Path(path).stem: evaluate_pairs(model, load_bin(path), folds) for path in section.get("pairs", list)}
+    reports = {Path(path).stem: evaluate_pairs(model, load_pair_set(path), folds) for path in section.get("pairs", list)}
     write_evaluation(reports, Path(out_dir) / "metrics.json", Path(out_dir) / "roc")
     for name, report in reports.items():
         tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in report["tar_at_far"].items() if tar is not None)

@@ -56,8 +56,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     (root / ".gitignore").write_text("/data/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "."], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline"], root)
+    run(["git", "config", "user.name", "facekd tests"], root)  # `dvc exp run` commits experiments
+    run(["git", "config", "user.email", "tests@facekd.invalid"], root)
+    run(["git", "add", "."], root)
+    run(["git", "commit", "-qm", "tiny pipeline"], root)
     return root
 
 
@@ -80,6 +82,10 @@ def test_repro_runs_everything_then_nothing_then_only_the_changed_student(projec
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run([sys.executable, "-m", "dvc", "repro"], project)
     assert ran_stages(third) == {"train@distilled", "evaluate@distilled"}
+
+    # a sweep as the README shows it: `dvc exp run -S` on an existing key
+    experiment = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "students.distilled.distillation.iled=2.0"], project)
+    assert ran_stages(experiment) == {"train@distilled", "evaluate@distilled"}
 
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show"], project)
     assert "data/eval/distilled/metrics.json" in metrics and "accuracy" in metrics

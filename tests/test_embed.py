@@ -197,3 +197,22 @@ def test_cli_bad_parameters_get_clear_errors(tmp_path, face_folder, tiny_teacher
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert re.search(message, result.output), result.output
+
+
+def test_cli_embed_on_an_existing_dask_cluster(tmp_path: Path, face_folder: Path, tiny_teacher: Path, single_process_store: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    params = _params(tmp_path, face_folder, tiny_teacher, block_size=8)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        result = CliRunner().invoke(cli, ["embed", "--params", str(params), "--scheduler", cluster.scheduler_address, "--quiet"])
+        assert result.exit_code == 0, result.output
+        with Client(cluster) as client:  # the cluster is the user's: embed must leave it running
+            assert len(client.scheduler_info()["workers"]) == 2
+    with EmbeddingStore(tmp_path / "cli.h5") as store, EmbeddingStore(single_process_store) as reference:
+        np.testing.assert_array_equal(store.read_embeddings(), reference.read_embeddings())
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path, face_folder: Path, tiny_teacher: Path) -> None:
+    params = _params(tmp_path, face_folder, tiny_teacher)
+    result = CliRunner().invoke(cli, ["embed", "--params", str(params), "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert result.exit_code == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output

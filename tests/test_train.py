@@ -5,12 +5,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.distill import DistillationConfig
@@ -131,34 +132,30 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path, face_folder
     assert train(changed, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False).resumed_from_epoch == 0
 
 
-DDP_TRAIN = textwrap.dedent(
-    """
-    import sys
-    from dataclasses import replace
-    from pipeline.data.image_folder import ImageFolderDataset
-    from pipeline.train import train
-    from pipeline.training_data import TeacherTargets
-    from tests.test_train import TINY_STUDENT, DDP_STUDENT
-
-    if __name__ == "__main__":
-        folder, store, out = sys.argv[1:4]
-        train(DDP_STUDENT, ImageFolderDataset(folder), out, targets=TeacherTargets(store), progress=False)
-    """
-)
-# 42 images, global batch 8: 5 steps, 40 samples an epoch; a bank of 40 holds exactly the last epoch.
-DDP_STUDENT = replace(TINY_STUDENT, epochs=2, distillation=replace(TINY_STUDENT.distillation, rpsd_bank_size=40))
+def _student_params(tmp_path: Path, face_folder: Path, store: Path, **student) -> Path:
+    """A params.yaml whose `train` section is TINY_STUDENT (what `facekd train` reads)."""
+    config = asdict(TINY_STUDENT)
+    config["optim"]["milestones"] = list(config["optim"]["milestones"])
+    train_section = {**config, "dataset": str(face_folder), "store": str(store), "pairs": "unused.h5",
+                     "out_root": str(tmp_path / "students")}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": train_section, "students": {"ddp": student}}))
+    return path
 
 
 def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_TRAIN)
-    torchrun = Path(sys.executable).with_name("torchrun")
+    """`torchrun --nproc_per_node=2 facekd train ...` as the README shows it (gloo on CPU)."""
+    # 42 images, global batch 8: 5 steps, 40 samples an epoch; a bank of 40 holds exactly the last epoch.
+    params = _student_params(tmp_path, face_folder, tiny_store, epochs=2, distillation={"rpsd_bank_size": 40})
+    bin_dir = Path(sys.executable).parent
     completed = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(face_folder), str(tiny_store), str(tmp_path / "ddp")],
+        [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", str(bin_dir / "facekd"),
+         "train", "--student", "ddp", "--params", str(params), "--quiet"],
         capture_output=True, text=True, timeout=600, env={**REPO_ENV, "OMP_NUM_THREADS": "1"},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    checkpoint = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)
+    out = tmp_path / "students" / "ddp"
+    checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
     assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 2
     bank_indices = sorted(checkpoint["model"]["distiller.memory.dataset_indices"].tolist())
     usable = np.arange(42)
@@ -169,5 +166,35 @@ def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, fac
         per_rank.append([index for batch in sampler for index, _flip in batch])
     assert bank_indices == sorted(per_rank[0] + per_rank[1])
     assert set(per_rank[1]) - set(per_rank[0]), "rank 1 contributed nothing of its own"
-    metrics = (tmp_path / "ddp" / METRICS).read_text()
+    metrics = (out / METRICS).read_text()
     assert '"world_size": 2' in metrics and '"global_batch_size": 8' in metrics
+
+
+def test_lazy_targets_and_loader_workers_give_the_in_memory_weights(
+    tmp_path: Path, face_folder: Path, tiny_store: Path
+) -> None:
+    """Targets read lazily from HDF5 inside 2 DataLoader workers = targets read once into memory."""
+    lazy = TeacherTargets(tiny_store, memory_budget_bytes=0)
+    assert lazy.array is None
+    in_memory = TeacherTargets(tiny_store)
+    np.testing.assert_array_equal(lazy.get(5, 1), in_memory.get(5, 1))
+    dataset = ImageFolderDataset(face_folder)
+    one_epoch = replace(TINY_STUDENT, epochs=1)
+    train(one_epoch, dataset, tmp_path / "memory", targets=in_memory, progress=False)
+    train(replace(one_epoch, num_workers=2), dataset, tmp_path / "lazy", targets=lazy, progress=False)
+    reference = torch.load(tmp_path / "memory" / CHECKPOINT, weights_only=False)["model"]
+    workers = torch.load(tmp_path / "lazy" / CHECKPOINT, weights_only=False)["model"]
+    for name in reference:
+        assert torch.equal(reference[name], workers[name]), name
+
+
+def test_cli_train_reports_unknown_students_and_keys(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    from click.testing import CliRunner
+
+    from stages.cli import cli
+
+    params = _student_params(tmp_path, face_folder, tiny_store, distillation={"rpsd_bank": 4})
+    missing = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "nobody"])
+    assert missing.exit_code == 1 and "students has no student 'nobody' (known: ddp)" in missing.output
+    typo = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp"])
+    assert typo.exit_code == 1 and "unknown keys ['rpsd_bank']" in typo.output and "Traceback" not in typo.output

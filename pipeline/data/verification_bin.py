@@ -244,3 +244,11 @@ def load_pair_list(path: str | os.PathLike[str], root: str | os.PathLike[str]) -
     if not flags:
         raise FacekdError(f"{path}: no pairs (expected lines 'path1 path2 0|1')")
     return VerificationPairs(images, np.asarray(flags, dtype=bool), path.stem, str(path))
+
+
+def load_pair_set(path: str | os.PathLike[str]) -> VerificationPairs:
+    """A `.bin` file, or a pair list whose image paths are relative to the list's own folder."""
+    path = Path(path)
+    if path.suffix == ".bin":
+        return load_bin(path)
+    return load_pair_list(path, path.parent)

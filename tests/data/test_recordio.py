@@ -204,3 +204,26 @@ def test_writer_rejects_labels_float32_cannot_hold(tmp_path):
     with pytest.raises(FacekdError, match="sample 1: label -1 is outside"):
         write_recordio(rec_path, idx_path, [(1, RED), (-1, GREEN)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_open_dataset_finds_an_insightface_folder_and_embed_reads_it(tmp_path, tiny_teacher):
+    """A faces_emore-style folder (train.rec + train.idx) goes through stage one like an image folder."""
+    from pipeline.data.open import open_dataset
+    from pipeline.embed import TeacherConfig, embed_dataset
+    from pipeline.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for label in (3, 3, 7, 7, 9):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        samples.append((label, buffer.getvalue()))
+    folder = tmp_path / "faces_emore"
+    folder.mkdir()
+    write_recordio(folder / "train.rec", folder / "train.idx", samples)
+    dataset = open_dataset(folder)
+    assert isinstance(dataset, RecordIODataset) and dataset.labels.tolist() == [0, 0, 1, 1, 2]
+    assert isinstance(open_dataset(folder / "train.rec"), RecordIODataset)
+    embed_dataset(dataset, TeacherConfig(str(tiny_teacher)), tmp_path / "s.h5", workers=0, progress=False)
+    with EmbeddingStore(tmp_path / "s.h5") as store:
+        assert store.provenance["dataset_kind"] == "recordio" and store.keys == dataset.keys
