@@ -1,6 +1,6 @@
 """Benchmark of stage one (facekd embed), with its baselines measured in the same run.
 
-  python bench/embed.py [--images 6000] [--teacher data/teacher/model.onnx]
+  python bench/embed.py [--images 6000]
 
 Reports, for the default teacher network (iResNet-18, width 0.125, 64 px):
   1. network throughput on decoded images, image + flip, one thread:
@@ -8,8 +8,8 @@ Reports, for the default teacher network (iResNet-18, width 0.125, 64 px):
   2. the whole stage (decode + embed + write) in-process, and the share of it spent writing HDF5;
   3. the stage on a dask LocalCluster of 1 and of 2 single-threaded workers (cluster start-up
      excluded: the cluster is started first and passed as a scheduler address).
-Without --teacher, a randomly initialised network of the default teacher's shape is exported
-(the speed does not depend on the weights).
+The network is randomly initialised (the speed does not depend on the weights), so PyTorch and
+ONNX Runtime run exactly the same network.
 """
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ def network_throughput(onnx_path: Path, model: torch.nn.Module, images: np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6000)
-    parser.add_argument("--teacher", type=Path, default=None)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as scratch:
@@ -75,12 +74,8 @@ def main() -> None:
         generate_split(scratch / "warm", range(4), 4, 64, seed=1, workers=1, progress=False)
         dataset, warm_up = ImageFolderDataset(scratch / "faces"), ImageFolderDataset(scratch / "warm")
         model = build_backbone("iresnet18", 512, 64, 0.125).eval()
-        onnx_path = args.teacher
-        if onnx_path is None:
-            onnx_path = scratch / "teacher.onnx"
-            export_onnx(model, onnx_path, 64)
-        else:
-            print(f"(PyTorch eager runs a random network of the same shape as {onnx_path})")
+        onnx_path = scratch / "teacher.onnx"
+        export_onnx(model, onnx_path, 64)
 
         sample = np.stack([dataset.load(i) for i in range(min(1024, len(dataset)))])
         onnx_rate, torch_rate = network_throughput(onnx_path, model, sample)

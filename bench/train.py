@@ -15,6 +15,7 @@ Each figure is the median step time over `--steps` steps after warm-up, data loa
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from dataclasses import replace
@@ -34,11 +35,22 @@ from stages.training import train_config_from
 WARM_UP = 5
 
 
+def image_size(dataset) -> int:
+    return dataset.load(0).shape[0]
+
+
+def endless(loader: DataLoader, sampler: RandomBatchSampler):
+    """Batches epoch after epoch (a small data set has fewer steps than the benchmark times)."""
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from loader
+
+
 def median_step_seconds(config, inputs, steps: int, online_teacher: torch.nn.Module | None = None) -> float:
     """Median wall time of a training step (load, forward, KD terms, backward, update, bank)."""
-    dataset, targets = inputs["dataset"], inputs["targets"]
+    dataset, targets = inputs.dataset, inputs.targets
     torch.manual_seed(0)
-    model = StudentModel(config, 64, dataset.num_identities, targets.dim)
+    model = StudentModel(config, image_size(dataset), dataset.num_identities, targets.dim)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if model.distiller is not None and model.distiller.memory.capacity:
         bank = model.distiller.memory  # start with a full bank, as in the steady state of training
@@ -46,12 +58,12 @@ def median_step_seconds(config, inputs, steps: int, online_teacher: torch.nn.Mod
         bank.enqueue(torch.randn(capacity, targets.dim), torch.randn(capacity, config.embedding_dim),
                      torch.randint(0, dataset.num_identities, (capacity,)), torch.arange(capacity) + len(dataset))
     if config.sampler == "pairs":
-        sampler = PairBatchSampler(inputs["usable"], inputs["pair_offsets"], inputs["pair_partners"], config.batch_size, 0)
+        sampler = PairBatchSampler(inputs.usable, inputs.pair_offsets, inputs.pair_partners, config.batch_size, 0)
     else:
-        sampler = RandomBatchSampler(inputs["usable"], config.batch_size, 0)
+        sampler = RandomBatchSampler(inputs.usable, config.batch_size, 0)
     loader = DataLoader(TrainingImages(dataset, None if online_teacher else targets), batch_sampler=sampler, collate_fn=collate_training_batch)
     times = []
-    batches = iter(loader)
+    batches = endless(loader, sampler)
     for step in range(WARM_UP + steps):
         started = time.perf_counter()
         images, labels, indices, batch_targets = next(batches)
@@ -80,22 +92,23 @@ def main() -> None:
     section = student_section(args.params, args.student)
     kd_config = train_config_from(section)
     margin_config = replace(kd_config, sampler="random", distillation=replace(kd_config.distillation, iled=0.0, rpsd=0.0))
-    inputs = training_inputs(section, needs_targets=True, needs_pairs=True)
+    inputs = training_inputs(section, [kd_config])
+    size = image_size(inputs.dataset)
 
     teacher_section = load_section(args.params, "teacher")
     teacher_config = train_config_from(teacher_section)
     checkpoint = torch.load(Path(teacher_section.get("out", str)) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    teacher = build_backbone(teacher_config.backbone, teacher_config.embedding_dim, 64, teacher_config.width)
+    teacher = build_backbone(teacher_config.backbone, teacher_config.embedding_dim, size, teacher_config.width)
     teacher.load_state_dict({k.removeprefix("backbone."): v for k, v in checkpoint["model"].items() if k.startswith("backbone.")})
     teacher.eval()
 
     margin = median_step_seconds(margin_config, inputs, args.steps)
     offline = median_step_seconds(kd_config, inputs, args.steps)
     online = median_step_seconds(kd_config, inputs, args.steps, online_teacher=teacher)
-    large_teacher = build_backbone("iresnet18", teacher_config.embedding_dim, 64, 0.25).eval()
+    large_teacher = build_backbone("iresnet18", teacher_config.embedding_dim, size, 0.25).eval()
     online_large = median_step_seconds(kd_config, inputs, args.steps, online_teacher=large_teacher)
-    student_cost = count_multiply_adds(build_backbone(kd_config.backbone, kd_config.embedding_dim, 64, kd_config.width), 64)
-    steps_per_epoch = len(inputs["usable"]) // kd_config.batch_size
+    student_cost = count_multiply_adds(build_backbone(kd_config.backbone, kd_config.embedding_dim, size, kd_config.width), size)
+    steps_per_epoch = len(inputs.usable) // kd_config.batch_size
     d = kd_config.distillation
     print(f"student {kd_config.backbone} width {kd_config.width}, batch {kd_config.batch_size}, "
           f"{torch.get_num_threads()} threads; KD = ILED (lambda {d.iled}) + RPSD (lambda {d.rpsd}, bank {d.rpsd_bank_size}, "
@@ -103,7 +116,7 @@ def main() -> None:
     print(f"step: margin only {1000 * margin:.0f} ms, margin + ILED + RPSD {1000 * offline:.0f} ms "
           f"-> KD terms add {100 * (offline / margin - 1):.1f}%")
     for name, model, seconds in (("default teacher", teacher, online), ("IR50:MFN-ratio teacher", large_teacher, online_large)):
-        ratio = count_multiply_adds(model, 64) / student_cost
+        ratio = count_multiply_adds(model, size) / student_cost
         print(f"epoch ({steps_per_epoch} steps), {name} ({ratio:.1f}x the student's multiply-adds): "
               f"offline KD {offline * steps_per_epoch:.1f} s, online KD {seconds * steps_per_epoch:.1f} s "
               f"-> offline is {seconds / offline:.2f}x faster")

@@ -1,21 +1,20 @@
 """Ablation runs: several training settings x several seeds, each evaluated, summarised as a table.
 
-Every (row, seed) trains into its own folder and records its evaluation there, so an interrupted
-ablation resumes where it stopped (finished runs are read back, a half-trained one resumes from
-its checkpoint).
+Every (row, seed) trains into its own folder and records its evaluation there together with the
+settings and data it was made from. An interrupted ablation resumes where it stopped: a finished
+run is read back only if its recorded settings and data are the ones asked for (else it is
+trained again), and a half-trained one resumes from its checkpoint.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.data.verification_bin import VerificationPairs
-from pipeline.evaluate import evaluate_pairs, summary_metrics
-from pipeline.teacher import OnnxTeacher
+from pipeline.files import write_text_atomically
 from pipeline.train import MODEL, TrainConfig
 
 EVALUATION = "evaluation.json"
@@ -31,8 +30,15 @@ class RowResult:
         return np.array([m[metric] for m in self.per_seed.values() if m.get(metric) is not None], dtype=float)
 
 
-def evaluate_model(model_path: Path, pairs: VerificationPairs) -> dict[str, Any]:
-    return summary_metrics(evaluate_pairs(OnnxTeacher(model_path, threads=0), pairs))
+def _recorded_metrics(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics recorded at `path` if they were made by exactly `run` (settings and data)."""
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return recorded["metrics"] if recorded.get("run") == run else None
 
 
 def run_rows(
@@ -40,23 +46,26 @@ def run_rows(
     seeds: list[int],
     out_root: str | Path,
     train_one: Callable[[TrainConfig, Path], None],
-    pairs: VerificationPairs,
+    evaluate_one: Callable[[Path], dict[str, Any]],
+    data_fingerprint: str,
     log: Callable[[str], None] = print,
 ) -> list[RowResult]:
-    """Train and evaluate every row under every seed; `train_one(config, out_dir)` trains one run."""
+    """Train (`train_one(config, out_dir)`) and evaluate (`evaluate_one(onnx_path)`) every row under every seed."""
     results = []
     for name, config in rows.items():
         per_seed = {}
         for seed in seeds:
+            seeded = replace(config, seed=seed)
             out_dir = Path(out_root) / name / f"seed{seed}"
-            evaluation = out_dir / EVALUATION
-            if not evaluation.is_file():
+            run = {"config": json.loads(json.dumps(asdict(seeded))), "data": data_fingerprint}
+            metrics = _recorded_metrics(out_dir / EVALUATION, run)
+            if metrics is None:
                 log(f"ablation: training {name}, seed {seed}")
-                train_one(replace(config, seed=seed), out_dir)
-                metrics = evaluate_model(out_dir / MODEL, pairs)
-                evaluation.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            per_seed[seed] = json.loads(evaluation.read_text())
-            log(f"ablation: {name}, seed {seed}: accuracy {per_seed[seed]['accuracy']:.4f}")
+                train_one(seeded, out_dir)
+                metrics = evaluate_one(out_dir / MODEL)
+                write_text_atomically(out_dir / EVALUATION, json.dumps({"run": run, "metrics": metrics}, indent=2, sort_keys=True))
+            per_seed[seed] = metrics
+            log(f"ablation: {name}, seed {seed}: accuracy {metrics['accuracy']:.4f}")
         results.append(RowResult(name, per_seed))
     return results
 

@@ -21,7 +21,8 @@ from pipeline.memory import MemoryBank, gather_from_all_ranks
 
 @dataclass(frozen=True)
 class DistillationConfig:
-    """Weights (λ) and knobs of the KD terms; defaults are method.md's."""
+    """Weights (λ) and knobs of the KD terms; defaults are method.md's (the CPU pipeline's
+    params.yaml uses a smaller memory bank)."""
 
     raw_l2: float = 0.0
     fc: float = 0.0
@@ -59,7 +60,10 @@ class Distiller(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.projector = embedding_projector(student_dim, teacher_dim)
+        # Only the per-sample terms compare s with t directly; a projector nothing uses would get
+        # no gradient (and DDP refuses unused parameters).
+        per_sample = any(getattr(config, name) > 0 for name in ("raw_l2", "fc", "iled", "adaarc"))
+        self.projector = embedding_projector(student_dim, teacher_dim) if per_sample else nn.Identity()
         self.ramp_epochs = epochs / 2 if config.iled_ramp_epochs is None else config.iled_ramp_epochs
         self.per_sample_terms = nn.ModuleDict(
             {name: loss for name, loss in (("raw_l2", RawL2Loss()), ("fc", FCLoss())) if getattr(config, name) > 0}

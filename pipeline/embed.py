@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -131,9 +132,10 @@ def _run_on_dask(
     def submit(block: int) -> Any:
         start, stop = writer.layout.bounds(block)
         return client.submit(
-            embed_block, dataset_future, config, start, stop, skip_corrupt, key=f"embed-block-{block}-{id(writer)}"
+            embed_block, dataset_future, config, start, stop, skip_corrupt, key=f"embed-block-{block}-{run_id}"
         )
 
+    run_id = uuid.uuid4().hex  # task keys unique on a cluster that other clients share
     futures = {}
     queue = as_completed()
     for block in pending[:window]:

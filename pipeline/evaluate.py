@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.data.verification_bin import VerificationPairs
+from pipeline.files import write_text_atomically
 from pipeline.errors import FacekdError
 from pipeline.teacher import OnnxTeacher
 from pipeline.verification import verification_report
@@ -55,16 +55,9 @@ def write_evaluation(reports: dict[str, dict[str, Any]], metrics_path: str | Pat
     for name, report in reports.items():
         roc = report["roc"]
         rows = zip(roc["fpr"], roc["tpr"], roc["thresholds"])
-        _atomic_write(roc_dir / f"{name}.csv", "fpr,tpr,threshold\n" + "".join(f"{f:.6g},{t:.6g},{d:.6g}\n" for f, t, d in rows))
+        write_text_atomically(roc_dir / f"{name}.csv", "fpr,tpr,threshold\n" + "".join(f"{f:.6g},{t:.6g},{d:.6g}\n" for f, t, d in rows))
     metrics = {name: summary_metrics(report) for name, report in reports.items()}
-    _atomic_write(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_text_atomically(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def read_roc(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

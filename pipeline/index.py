@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.files import write_text_atomically, written_atomically
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.store import EmbeddingStore, read_rows
 
@@ -161,13 +161,9 @@ def build_index(
         metric=METRIC, ntotal=int(index.ntotal), dim=store.embedding_dim, train_sample=trained_on, seed=seed,
         faiss_version=faiss.__version__,
     )
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary_index = index_path.with_name(index_path.name + ".tmp")
-    temporary_metadata = metadata_path(index_path).with_name(metadata_path(index_path).name + ".tmp")
-    faiss.write_index(index, str(temporary_index))
-    temporary_metadata.write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
-    os.replace(temporary_index, index_path)
-    os.replace(temporary_metadata, metadata_path(index_path))
+    with written_atomically(index_path) as temporary_index:
+        faiss.write_index(index, str(temporary_index))
+    write_text_atomically(metadata_path(index_path), json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
     return metadata
 
 
@@ -288,12 +284,10 @@ def search_knn(
     if chosen == "cuda":
         index, chosen = _to_gpu(index, device)
     rows_of_index = usable_rows(store)
-    knn_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = knn_path.with_name(knn_path.name + ".tmp")
     num_rows = len(store)
     chunk_rows = min(block_size, num_rows)
     bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
-    with h5py.File(temporary, "w", libver="earliest") as knn_file:
+    with written_atomically(knn_path) as temporary, h5py.File(temporary, "w", libver="earliest") as knn_file:
         for name, value in sorted(dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search).items()):
             knn_file.attrs[name] = value
         neighbours_out = knn_file.create_dataset(
@@ -315,7 +309,6 @@ def search_knn(
             similarities_out[start:stop] = block_similarities
             bar.update(len(query_rows))
     bar.close()
-    os.replace(temporary, knn_path)
     return KnnSummary(knn_path, chosen, k, len(rows_of_index))
 
 

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.files import partial_name
 from pipeline.errors import FacekdError
 from pipeline.index import KnnFile, check_store_hash, read_unit_vectors, usable_rows
 from pipeline.store import EmbeddingStore, read_rows
@@ -208,7 +209,7 @@ class _PairTableWriter:
 
     def __init__(self, path: Path, attributes: dict) -> None:
         self.path = path
-        self.temporary = path.with_name(path.name + ".tmp")
+        self.temporary = partial_name(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.temporary, "w", libver="earliest")
         for name, value in sorted(attributes.items()):
@@ -264,8 +265,7 @@ def mine_pairs(
         attributes = dict(
             store_provenance_hash=store.provenance_hash, knn_k=knn.k, view=knn.view, index_factory=knn.factory,
             hard_negatives_per_anchor=hard_negatives_per_anchor, hard_positives_per_anchor=hard_positives_per_anchor,
-            suspicious_threshold=suspicious_threshold,
-        )
+        )  # not the report-only suspicious threshold: changing it must not change the table students train on
         writer = _PairTableWriter(pairs_path, attributes)
         counts = np.zeros(len(store), np.int64)
         negative_distribution, positive_distribution = SimilarityDistribution(histogram_bins), SimilarityDistribution(histogram_bins)
@@ -359,6 +359,10 @@ class PairTable:
         check_store_hash(self.path, self.attributes["store_provenance_hash"], store)
         if len(self.offsets) != len(store) + 1:
             raise FacekdError(f"{self.path}: has offsets for {len(self.offsets) - 1} images; {store.path} has {len(store)}")
+
+    def partners(self) -> np.ndarray:
+        """Every pair's partner, in table order (with `offsets`: each anchor's partners in CSR form)."""
+        return self.file["partner"][:]
 
     def read(self, rows: np.ndarray) -> Pairs:
         """Pair rows (sorted, unique)."""

@@ -28,6 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.files import partial_name
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 
 FORMAT_VERSION = 1
@@ -45,7 +46,7 @@ IDENTITY_FIELDS = (
 
 
 def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+    return partial_name(path)
 
 
 def journal_path(path: Path) -> Path:
@@ -141,10 +142,16 @@ class StoreWriter:
         self.partial = partial_path(self.path)
         self.journal = journal_path(self.path)
         self.layout = BlockLayout(len(keys), block_size)
-        self.provenance = dict(provenance, embedding_dtype=embedding_dtype, format_version=FORMAT_VERSION)
+        # block_size is part of what a partial store means: its journal counts blocks of that size.
+        self.provenance = dict(
+            provenance, embedding_dtype=embedding_dtype, format_version=FORMAT_VERSION, block_size=block_size
+        )
         self.resumed_blocks = self._resume_or_create(labels, keys, identity_names, embedding_dim, embedding_dtype)
         self.finished_blocks = set(self.resumed_blocks)
-        self._file = h5py.File(self.partial, "r+")
+        try:
+            self._file = h5py.File(self.partial, "r+")
+        except OSError as error:
+            raise FacekdError(f"{self.partial}: cannot open for writing (is another `facekd embed` writing it?) ({error})") from None
 
     def _resume_or_create(
         self, labels: np.ndarray, keys: list[str], identity_names: list[str], embedding_dim: int, embedding_dtype: str
@@ -247,6 +254,7 @@ class EmbeddingStore:
             raise FacekdError(f"{self.path}: not a readable HDF5 file ({error})") from None
         missing = [name for name in ("embeddings", "norms", "labels", "keys", "skipped", "identities") if name not in self.file]
         if missing:
+            self.file.close()
             raise FacekdError(f"{self.path}: not a facekd embedding store (missing datasets: {', '.join(missing)})")
         self.provenance = read_provenance(self.file)
         self.labels = self.file["labels"][:]

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from pipeline.data.dataset import FaceDataset
 from pipeline.distill import DistillationConfig, Distiller
 from pipeline.errors import FacekdError
+from pipeline.files import write_text_atomically, written_atomically
 from pipeline.losses import margin_head
 from pipeline.models import build_backbone
 from pipeline.models.export import check_onnx_matches, export_onnx
@@ -166,10 +167,42 @@ def _distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
+def run_fingerprint(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    targets: TeacherTargets | None,
+    pair_offsets: np.ndarray | None,
+    pair_partners: np.ndarray | None,
+) -> str:
+    """Settings + code (`TrainConfig.fingerprint`) + the data a run learns from.
+
+    A kept checkpoint is resumed only when all of them are unchanged: after a new teacher pass,
+    new images or new mined pairs, it must not pass for the new run's result.
+    """
+    digest = hashlib.sha256(config.fingerprint().encode())
+    digest.update(f"{dataset.fingerprint()}\0{dataset.num_identities}".encode())
+    if targets is not None:
+        digest.update(targets.store_hash.encode())
+    for array in (pair_offsets, pair_partners):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None (with a warning) when there is none or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a damaged or foreign file: training restarts rather than failing
+        log.warning("%s cannot be read (%s); training from scratch", path, error)
+        return None
+
+
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with written_atomically(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def collate_training_batch(items: list[tuple[Tensor, int, int, bool, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -211,7 +244,14 @@ def train(
         )
     else:
         sampler = RandomBatchSampler(usable, config.batch_size, config.seed, rank, world_size, config.flip)
-    input_size = dataset.load(int(usable[0])).shape[0]
+    first_image = dataset.load(int(usable[0]))
+    if first_image.shape[0] != first_image.shape[1]:
+        raise FacekdError(
+            f"{dataset.source(int(usable[0]))}: image is {first_image.shape[1]}x{first_image.shape[0]}; "
+            "training expects square, aligned faces"
+        )
+    input_size = first_image.shape[0]
+    fingerprint = run_fingerprint(config, dataset, targets, pair_offsets, pair_partners)
     torch.manual_seed(config.seed)
     model = StudentModel(config, input_size, dataset.num_identities, targets.dim if targets else None).to(device)
     base_lr = config.optim.lr * config.batch_size / 512
@@ -221,9 +261,9 @@ def train(
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT
     history: list[dict[str, float]] = []
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if checkpoint["config_fingerprint"] == config.fingerprint() and checkpoint["world_size"] == world_size:
+    checkpoint = _load_checkpoint(checkpoint_path, device)
+    if checkpoint is not None:
+        if checkpoint.get("run_fingerprint") == fingerprint and checkpoint["world_size"] == world_size:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["rng_state"])
@@ -231,7 +271,7 @@ def train(
             if rank == 0:
                 log.info("resuming %s from epoch %d", out_dir, start_epoch)
         elif rank == 0:
-            log.warning("%s was made with other settings or world size; training from scratch", checkpoint_path)
+            log.warning("%s was made with other settings, data, code or world size; training from scratch", checkpoint_path)
     if config.compile:
         model.backbone.compile()
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
@@ -256,6 +296,8 @@ def train(
             labels, indices, batch_targets = labels.to(device), indices.to(device), batch_targets.to(device)
             embeddings, terms = trained(images, labels, batch_targets, indices, epoch + step / steps_per_epoch)
             loss = sum(terms.values())
+            if not math.isfinite(loss.item()):
+                raise FacekdError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.clip_grad_norm > 0:
@@ -263,8 +305,6 @@ def train(
             optimizer.step()
             if model.distiller is not None:
                 model.distiller.remember(embeddings.detach(), batch_targets, labels, indices)
-            if not math.isfinite(loss.item()):
-                raise FacekdError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate")
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
@@ -285,7 +325,7 @@ def train(
                 {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng_state": torch.get_rng_state(), "history": history, "world_size": world_size,
-                    "config_fingerprint": config.fingerprint(), "config": asdict(config),
+                    "run_fingerprint": fingerprint, "config": asdict(config),
                 },
                 checkpoint_path,
             )
@@ -308,13 +348,15 @@ def train(
         backbone.load_state_dict(model.backbone.state_dict())
         export_onnx(backbone, out_dir / MODEL, input_size)
         check_onnx_matches(backbone, out_dir / MODEL, input_size)
-        (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text_atomically(out_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return TrainResult(out_dir, start_epoch, metrics)
 
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
     columns = sorted({name for row in history for name in row} - {"epoch"})
-    with open(path, "w", newline="") as stream:
+    with written_atomically(path) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, ["epoch", *columns])
         writer.writeheader()
         writer.writerows(history)

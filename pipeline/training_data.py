@@ -6,6 +6,8 @@ the teacher's embedding of exactly what it sees. The teacher itself is never run
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -14,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.dataset import FaceDataset
+from pipeline.store import provenance_hash, read_provenance
 
 
 class TeacherTargets:
@@ -26,6 +29,7 @@ class TeacherTargets:
     def __init__(self, store_path: str | Path, memory_budget_bytes: int = 8 << 30) -> None:
         self.store_path = Path(store_path)
         with h5py.File(self.store_path, "r") as store:
+            self.store_hash = provenance_hash(read_provenance(store))
             dataset = store["embeddings"]
             self.shape = dataset.shape
             in_memory = dataset.size * dataset.dtype.itemsize <= memory_budget_bytes
@@ -72,3 +76,56 @@ class TrainingImages(Dataset):
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 B x H x W x 3 -> float B x 3 x H x W, (x - 127.5) / 127.5 as insightface trains."""
     return images.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous()
+
+
+@dataclass
+class TrainingInputs:
+    """Everything stage two reads besides its settings, checked against each other."""
+
+    dataset: FaceDataset
+    usable: np.ndarray  # rows the teacher could embed (not skipped)
+    store_hash: str
+    targets: TeacherTargets | None = None
+    pair_offsets: np.ndarray | None = None
+    pair_partners: np.ndarray | None = None
+
+    def train_arguments(self) -> dict[str, object]:
+        """Keyword arguments of `pipeline.train.train`."""
+        return {
+            "targets": self.targets, "usable": self.usable,
+            "pair_offsets": self.pair_offsets, "pair_partners": self.pair_partners,
+        }
+
+    def fingerprint(self) -> str:
+        """Identifies the store and pairs (the dataset is checked against the store on loading)."""
+        digest = hashlib.sha256(self.store_hash.encode())
+        for array in (self.pair_offsets, self.pair_partners):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+
+def load_training_inputs(
+    dataset: FaceDataset,
+    store_path: str | Path,
+    pairs_path: str | Path | None,
+    load_targets: bool = True,
+    memory_budget_bytes: int = 8 << 30,
+) -> TrainingInputs:
+    """The store's targets and usable rows, and the mined pairs (when `pairs_path` is given).
+
+    Refuses a store built from another dataset and a pair table mined from another store.
+    """
+    from pipeline.mining import PairTable
+    from pipeline.store import EmbeddingStore
+
+    with EmbeddingStore(store_path) as store:
+        store.check_matches({"dataset_kind": dataset.kind, "dataset_fingerprint": dataset.fingerprint()})
+        inputs = TrainingInputs(dataset, np.flatnonzero(~store.skipped), store.provenance_hash)
+        if pairs_path is not None:
+            with PairTable(pairs_path) as pairs:
+                pairs.check_store(store)
+                inputs.pair_offsets, inputs.pair_partners = pairs.offsets, pairs.partners()
+    if load_targets:
+        inputs.targets = TeacherTargets(store_path, memory_budget_bytes)
+    return inputs

@@ -17,9 +17,12 @@ from stages.params import load_section
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: bool) -> None:
     """Train every row under every seed, evaluate on the first `evaluate.pairs` set, write a markdown table."""
-    from pipeline.ablation import evaluate_model, markdown_table, run_rows
-    from pipeline.data.verification_bin import load_pair_set
+    from pipeline.ablation import markdown_table, run_rows
+    from pipeline.evaluate import evaluate_pairs, summary_metrics
+    from pipeline.files import write_text_atomically
+    from pipeline.teacher import file_sha256
     from pipeline.train import train
+    from stages.evaluate import open_model, pair_sets
     from stages.train import merged_section, training_inputs
     from stages.training import train_config_from
 
@@ -32,28 +35,25 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
         rows = {name: rows[name] for name in only_rows.split(",")}
     sections = {name: merged_section(params_path, f"{section_name}.rows", name, overrides) for name, overrides in rows.items()}
     configs = {name: train_config_from(row) for name, row in sections.items()}
-    inputs = training_inputs(
-        next(iter(sections.values())),
-        any(c.distillation.uses_teacher for c in configs.values()),
-        any(c.sampler == "pairs" for c in configs.values()),
-    )
-    dataset = inputs.pop("dataset")
-    pairs_path = load_section(params_path, "evaluate").get("pairs", list)[0]
-    pairs = load_pair_set(pairs_path)
+    inputs = training_inputs(next(iter(sections.values())), list(configs.values()))
+    evaluation = load_section(params_path, "evaluate")
+    pair_set_name, pairs = next(iter(pair_sets(evaluation).items()))
+    folds = evaluation.positive("folds")
+
+    def evaluate_one(model_path: Path, as_teacher: bool = False) -> dict:
+        return summary_metrics(evaluate_pairs(open_model(params_path, model_path, as_teacher), pairs, folds))
+
+    def train_one(config, out_dir: Path) -> None:
+        train(config, inputs.dataset, out_dir, progress=not quiet, **inputs.train_arguments())
+
     out_root = Path(section.get("out_root", str))
-
-    def train_one(config, out_dir):
-        train(config, dataset, out_dir, progress=not quiet, **inputs)
-
-    results = run_rows(configs, section.get("seeds", list), out_root, train_one, pairs, click.echo)
-    teacher_cache = out_root / "teacher_evaluation.json"
+    results = run_rows(configs, section.get("seeds", list), out_root, train_one, evaluate_one, inputs.fingerprint(), click.echo)
+    teacher_path = Path(load_section(params_path, "embed").get("teacher", str))
+    teacher_cache = out_root / f"teacher_{file_sha256(teacher_path)[:16]}_{pair_set_name}.json"
     if not teacher_cache.is_file():
-        teacher_cache.parent.mkdir(parents=True, exist_ok=True)
-        teacher_path = load_section(params_path, "embed").get("teacher", str)
-        teacher_cache.write_text(json.dumps(evaluate_model(Path(teacher_path), pairs), indent=2, sort_keys=True))
-    table = markdown_table(results, json.loads(teacher_cache.read_text()), Path(pairs_path).stem)
+        write_text_atomically(teacher_cache, json.dumps(evaluate_one(teacher_path, as_teacher=True), indent=2, sort_keys=True))
+    table = markdown_table(results, json.loads(teacher_cache.read_text()), pair_set_name)
     table_path = Path(section.get("table", str))
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(table)
+    write_text_atomically(table_path, table)
     click.echo(table)
     click.echo(f"table written to {table_path}")

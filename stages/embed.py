@@ -1,9 +1,11 @@
 """`facekd embed`: stage one, the teacher's single pass over the training images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from stages.params import load_section
+from stages.params import DEVICES, load_section, preprocessing_from
 
 
 @click.command("embed")
@@ -16,20 +18,14 @@ def embed(params_path: str, workers: int | None, scheduler: str | None, quiet: b
     from pipeline.data.open import DATASET_FORMATS, open_dataset
     from pipeline.embed import TeacherConfig, embed_dataset
     from pipeline.store import STORE_DTYPES
-    from pipeline.teacher import Preprocessing
 
     section = load_section(params_path, "embed")
-    preprocessing = section.sub("preprocessing")
     dataset_path = section.get("dataset", str)
     dataset = open_dataset(dataset_path, section.choice("dataset_format", DATASET_FORMATS, "auto"))
     config = TeacherConfig(
-        path=section.get("teacher", str),
-        preprocessing=Preprocessing(
-            preprocessing.choice("channel_order", ("rgb", "bgr")),
-            preprocessing.get("mean", float),
-            preprocessing.get("std", float),
-        ),
-        device=section.choice("device", ("auto", "cpu", "cuda"), "auto"),
+        path=str(Path(section.get("teacher", str)).resolve()),  # absolute: workers may run elsewhere
+        preprocessing=preprocessing_from(section.sub("preprocessing")),
+        device=section.choice("device", DEVICES, "auto"),
         threads=section.get("threads_per_worker", int, 1),
         batch_size=section.positive("batch_size"),
         resize=section.get("resize", bool, False),

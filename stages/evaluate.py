@@ -2,38 +2,63 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from stages.params import load_section
+from stages.params import DEVICES, Section, load_section, preprocessing_from
+
+if TYPE_CHECKING:
+    from pipeline.data.verification_bin import VerificationPairs
+    from pipeline.teacher import OnnxTeacher
+
+
+def open_model(params_path: str, model_path: str | Path, as_teacher: bool) -> "OnnxTeacher":
+    """The model to evaluate: a teacher with `embed.preprocessing`, a student with its training convention.
+
+    Students are always trained on RGB, (x - 127.5) / 127.5; a teacher of your own may expect
+    something else (e.g. BGR), which `embed.preprocessing` already describes.
+    """
+    from pipeline.teacher import OnnxTeacher, Preprocessing
+
+    section = load_section(params_path, "evaluate")
+    preprocessing = preprocessing_from(load_section(params_path, "embed").sub("preprocessing")) if as_teacher else Preprocessing()
+    return OnnxTeacher(
+        model_path, preprocessing, device=section.choice("device", DEVICES, "auto"),
+        batch_size=section.positive("batch_size"), resize=section.get("resize", bool, False),
+    )
+
+
+def pair_sets(section: Section) -> dict[str, "VerificationPairs"]:
+    """The pair sets of `evaluate.pairs` by name (file stem); names must be unique."""
+    from pipeline.data.verification_bin import load_pair_set
+
+    paths = section.get("pairs", list)
+    if not paths or not all(isinstance(path, str) for path in paths):
+        raise click.ClickException(f"{section.where('pairs')} is {paths!r}; expected a non-empty list of .bin / pair-list paths")
+    names = [Path(path).stem for path in paths]
+    if len(set(names)) != len(names):
+        raise click.ClickException(f"{section.where('pairs')}: two pair sets share a file name ({names}); rename one")
+    return {name: load_pair_set(path) for name, path in zip(names, paths)}
 
 
 @click.command("evaluate")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
 @click.option("--onnx", "model_path", required=True, type=click.Path(dir_okay=False), help="The ONNX model to evaluate.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json and roc/.")
-def evaluate(params_path: str, model_path: str, out_dir: str) -> None:
+@click.option("--as-teacher", is_flag=True, help="Preprocess as `embed.preprocessing` (default: the students' convention).")
+def evaluate(params_path: str, model_path: str, out_dir: str, as_teacher: bool) -> None:
     """Verification accuracy, TAR@FAR, XNorm and ROC of a model on every pair set of `evaluate.pairs`.
 
     A pair set is an insightface `.bin` file, or a text file of `path1 path2 0|1` lines (1 = same
     identity) with paths relative to the text file's folder.
     """
-    from pipeline.data.verification_bin import load_pair_set
     from pipeline.evaluate import evaluate_pairs, write_evaluation
-    from pipeline.teacher import OnnxTeacher, Preprocessing
 
     section = load_section(params_path, "evaluate")
-    preprocessing = section.sub("preprocessing")
-    model = OnnxTeacher(
-        model_path,
-        Preprocessing(
-            preprocessing.choice("channel_order", ("rgb", "bgr")), preprocessing.get("mean", float), preprocessing.get("std", float)
-        ),
-        device=section.choice("device", ("auto", "cpu", "cuda"), "auto"),
-        batch_size=section.positive("batch_size"),
-    )
+    model = open_model(params_path, model_path, as_teacher)
     folds = section.positive("folds")
-    reports = {Path(path).stem: evaluate_pairs(model, load_pair_set(path), folds) for path in section.get("pairs", list)}
+    reports = {name: evaluate_pairs(model, pairs, folds) for name, pairs in pair_sets(section).items()}
     write_evaluation(reports, Path(out_dir) / "metrics.json", Path(out_dir) / "roc")
     for name, report in reports.items():
         tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in report["tar_at_far"].items() if tar is not None)

@@ -27,7 +27,7 @@ def _path_options(command):
 def _selection_options(command):
     command = click.option("--image", default=None, help="Only pairs of the image with this key.")(command)
     command = click.option("--identity", default=None, help="Only pairs whose anchor has this identity name.")(command)
-    command = click.option("--n", "count", default=20, show_default=True, help="How many pairs.")(command)
+    command = click.option("--n", "count", default=20, show_default=True, type=click.IntRange(min=1), help="How many pairs.")(command)
     return click.option(
         "--kind", type=click.Choice(sorted(KINDS)), default="negative", show_default=True,
         help="negative: other identities the teacher finds most similar; positive: own identity, least similar.",
@@ -144,8 +144,8 @@ def top(params_path, pairs_path, store_path, kind, count, identity, image, show_
 @_path_options
 @_selection_options
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--columns", default=4, show_default=True, help="Pairs per row.")
-@click.option("--tile", default=112, show_default=True, help="Size of each image in pixels.")
+@click.option("--columns", default=4, show_default=True, type=click.IntRange(min=1), help="Pairs per row.")
+@click.option("--tile", default=112, show_default=True, type=click.IntRange(min=16), help="Size of each image in pixels.")
 @click.option("--dataset", "dataset_path", default=None, help="Dataset location if it moved since embedding.")
 def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out_path, columns, tile, dataset_path) -> None:
     """A PNG contact sheet of the hardest pairs, images side by side with keys, identities and similarity."""
@@ -164,8 +164,8 @@ def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out
 
 @pairs.command("suspicious")
 @_path_options
-@click.option("--threshold", type=float, default=None, help="Default: the mining's suspicious_threshold.")
-@click.option("--n", "count", default=50, show_default=True, help="How many pairs to list.")
+@click.option("--threshold", type=float, default=None, help="Default: mine.suspicious_threshold.")
+@click.option("--n", "count", default=50, show_default=True, type=click.IntRange(min=1), help="How many pairs to list.")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write every suspicious pair here.")
 def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) -> None:
     """Different identities, teacher similarity >= threshold: likely duplicates or label noise to clean."""
@@ -176,7 +176,8 @@ def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) 
 
     console = Console()
     with _opened(params_path, pairs_path, store_path) as (table, store):
-        threshold = float(table.attributes["suspicious_threshold"]) if threshold is None else threshold
+        if threshold is None:
+            threshold = load_section(params_path, "mine").get("suspicious_threshold", float)
         found = suspicious_pairs(table, threshold)
         records = describe_pairs(found.take(slice(0, count)), store)
         if csv_path:

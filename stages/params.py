@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipeline.errors import FacekdError
 
+if TYPE_CHECKING:
+    from pipeline.teacher import Preprocessing
+
 MISSING = object()
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class Section:
@@ -73,3 +77,10 @@ def load_section(path: str | Path, name: str) -> Section:
     if name not in values or not isinstance(values[name], dict):
         raise FacekdError(f"{path}: section '{name}' is missing or not a mapping")
     return Section(Path(path), name, values[name])
+
+
+def preprocessing_from(section: Section) -> "Preprocessing":
+    """A teacher's `Preprocessing` from a section with channel_order, mean and std."""
+    from pipeline.teacher import Preprocessing
+
+    return Preprocessing(section.choice("channel_order", ("rgb", "bgr")), section.get("mean", float), section.get("std", float))

@@ -11,18 +11,20 @@ from stages.params import load_params, load_section
 
 @click.command("results")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
-@click.option("--eval-root", default="data/eval", show_default=True, help="Where `facekd evaluate` wrote its folders.")
 @click.option("--out", "out_dir", default="data/report", show_default=True, help="Folder for the PNG plots.")
-def results(params_path: str, eval_root: str, out_dir: str) -> None:
+def results(params_path: str, out_dir: str) -> None:
     """Print a table of the evaluated models and draw ROC and training curves as PNG."""
     from rich.console import Console
     from rich.table import Table
 
     from pipeline.report import plot_roc_curves, plot_training_curves
 
-    students = list((load_params(params_path).get("students") or {}).keys())
+    params = load_params(params_path)
+    students = list((params.get("students") or {}).keys())
     train_root = Path(load_section(params_path, "train").get("out_root", str))
-    teacher_root = Path(load_section(params_path, "teacher").get("out", str))
+    # the default teacher's training folder (its log); absent with a teacher of your own
+    teacher_root = Path((params.get("teacher") or {}).get("out", "-"))
+    eval_root = load_section(params_path, "evaluate").get("out_root", str)
     models = {"teacher": teacher_root} | {name: train_root / name for name in students}
     console = Console()
     evaluated = {name: Path(eval_root) / name for name in models if (Path(eval_root) / name / "metrics.json").is_file()}

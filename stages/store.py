@@ -14,7 +14,7 @@ def store() -> None:
 
 @store.command("info")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--max-skipped", default=20, show_default=True, help="How many skipped keys to list.")
+@click.option("--max-skipped", default=20, show_default=True, type=click.IntRange(min=0), help="How many skipped keys to list.")
 def info(path: str, max_skipped: int) -> None:
     """Provenance, counts, embedding-norm statistics and skipped keys of a store."""
     from rich.console import Console

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.errors import FacekdError
 from stages.params import Section, load_params, load_section
 
+if TYPE_CHECKING:
+    from pipeline.train import TrainConfig
+    from pipeline.training_data import TrainingInputs
 
-def merged_section(params_path: str, group: str, name: str, overrides: dict[str, Any] | None) -> Section:
+
+def merged_section(params_path: str, group: str, name: str, overrides: Any) -> Section:
     """The `train` defaults with `overrides` (e.g. `students.<name>`) merged on top."""
     from stages.training import deep_merge
 
+    if overrides is not None and not isinstance(overrides, dict):
+        raise FacekdError(f"{params_path}: {group}.{name} is {overrides!r}; expected a mapping of overrides of `train`")
     defaults = load_section(params_path, "train")
     return Section(Path(params_path), f"{group}.{name}", deep_merge(defaults.values, overrides or {}))
 
@@ -20,32 +27,22 @@ def merged_section(params_path: str, group: str, name: str, overrides: dict[str,
 def student_section(params_path: str, name: str) -> Section:
     students = load_params(params_path).get("students") or {}
     if name not in students:
-        raise click.ClickException(f"{params_path}: students has no student {name!r} (known: {', '.join(students) or 'none'})")
+        raise FacekdError(f"{params_path}: students has no student {name!r} (known: {', '.join(students) or 'none'})")
     return merged_section(params_path, "students", name, students[name])
 
 
-def training_inputs(section: Section, needs_targets: bool, needs_pairs: bool) -> dict[str, Any]:
-    """The dataset, teacher targets, usable rows and mined pairs of a training section, cross-checked."""
-    import numpy as np
-
+def training_inputs(section: Section, configs: list["TrainConfig"]) -> "TrainingInputs":
+    """The data a training section names, loaded once for all `configs` (targets / pairs only if used)."""
     from pipeline.data.open import open_dataset
-    from pipeline.mining import PairTable
-    from pipeline.store import EmbeddingStore
-    from pipeline.training_data import TeacherTargets
+    from pipeline.training_data import load_training_inputs
 
-    dataset = open_dataset(section.get("dataset", str))
-    store_path = section.get("store", str)
-    inputs: dict[str, Any] = {"dataset": dataset}
-    with EmbeddingStore(store_path) as store:
-        store.check_matches({"dataset_kind": dataset.kind, "dataset_fingerprint": dataset.fingerprint()})
-        inputs["usable"] = np.flatnonzero(~store.skipped)
-        if needs_pairs:
-            with PairTable(section.get("pairs", str)) as pairs:
-                pairs.check_store(store)
-                inputs["pair_offsets"], inputs["pair_partners"] = pairs.offsets, pairs.file["partner"][:]
-    if needs_targets:
-        inputs["targets"] = TeacherTargets(store_path)
-    return inputs
+    return load_training_inputs(
+        open_dataset(section.get("dataset", str)),
+        section.get("store", str),
+        section.get("pairs", str) if any(config.sampler == "pairs" for config in configs) else None,
+        load_targets=any(config.distillation.uses_teacher for config in configs),
+        memory_budget_bytes=int(section.get("targets_memory_gb", float, 8.0) * (1 << 30)),
+    )
 
 
 @click.command("train")
@@ -59,8 +56,9 @@ def train(params_path: str, name: str, quiet: bool) -> None:
 
     section = student_section(params_path, name)
     config = train_config_from(section)
-    inputs = training_inputs(section, config.distillation.uses_teacher, config.sampler == "pairs")
-    dataset = inputs.pop("dataset")
-    result = train_student(config, dataset, Path(section.get("out_root", str)) / name, progress=not quiet, **inputs)
+    inputs = training_inputs(section, [config])
+    result = train_student(
+        config, inputs.dataset, Path(section.get("out_root", str)) / name, progress=not quiet, **inputs.train_arguments()
+    )
     resumed = f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else ""
     click.echo(f"student {name}: {result.out_dir / MODEL}{resumed}, {result.metrics['samples_per_second']:.0f} images/s")

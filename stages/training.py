@@ -12,7 +12,7 @@ from stages.params import Section
 
 SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 # Keys of a training section that say where data comes from and goes to, not how to train.
-IO_KEYS = ("dataset", "store", "pairs", "out", "out_root")
+IO_KEYS = ("dataset", "store", "pairs", "out", "out_root", "targets_memory_gb")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

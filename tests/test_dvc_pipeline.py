@@ -91,3 +91,36 @@ def test_repro_runs_everything_then_nothing_then_only_the_changed_student(projec
     assert "data/eval/distilled/metrics.json" in metrics and "accuracy" in metrics
     results = run([str(Path(sys.executable).parent / "facekd"), "results"], project)
     assert "verification on heldout" in results and (project / "data/report/roc_heldout.png").is_file()
+
+
+def test_ablation_trains_evaluates_and_resumes_only_what_changed(project: Path) -> None:
+    """`facekd ablation` on the store and pairs the pipeline test made (runs after it)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ablation"].update(
+        seeds=[0, 1],
+        rows={"margin_only": {}, "iled_rpsd": {"sampler": "pairs", "distillation": {"iled": 5.0, "rpsd": 10.0}}},
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    facekd = str(Path(sys.executable).parent / "facekd")
+    first = run([facekd, "ablation", "--quiet"], project)
+    assert first.count("ablation: training") == 4
+    table = (project / "data/ablation/table.md").read_text()
+    assert "| teacher |" in table and "| margin_only | 2 |" in table and "| iled_rpsd | 2 |" in table
+
+    again = run([facekd, "ablation", "--quiet"], project)
+    assert "ablation: training" not in again  # finished runs are read back
+
+    params["ablation"]["rows"]["iled_rpsd"]["distillation"]["iled"] = 2.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run([facekd, "ablation", "--quiet"], project)
+    assert changed.count("ablation: training iled_rpsd") == 2 and "training margin_only" not in changed
+
+
+def test_benchmarks_run_at_tiny_sizes(project: Path) -> None:
+    """The bench scripts run (figures are not checked: tests never assert on speed)."""
+    train_bench = run([sys.executable, str(REPO / "bench" / "train.py"), "--student", "distilled", "--steps", "2"], project)
+    assert "KD terms add" in train_bench and "offline is" in train_bench
+    embed_bench = run([sys.executable, str(REPO / "bench" / "embed.py"), "--images", "80"], project)
+    assert "ONNX Runtime / PyTorch" in embed_bench and "speed-up" in embed_bench
+    mining_bench = run([sys.executable, str(REPO / "bench" / "mining.py"), "--sizes", "3000x32", "--queries", "100"], project)
+    assert "3000" in mining_bench

@@ -139,3 +139,13 @@ def test_bad_dtype_and_block_size(tmp_path: Path) -> None:
         StoreWriter(tmp_path / "s.h5", PROVENANCE, LABELS, KEYS, ["a"], 4, 3, "int8")
     with pytest.raises(FacekdError, match="block size is 0"):
         StoreWriter(tmp_path / "s.h5", PROVENANCE, LABELS, KEYS, ["a"], 4, 0)
+
+
+def test_partial_store_of_another_block_size_is_not_resumed(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    writer = _writer(path)
+    writer.write_block(0, *_block(writer, 0))
+    writer.close()
+    other = StoreWriter(path, PROVENANCE, LABELS, KEYS, ["id0", "id1", "id2"], embedding_dim=4, block_size=4)
+    assert other.resumed_blocks == set() and other.pending_blocks == [0, 1, 2]
+    other.close()

@@ -50,7 +50,11 @@ class FaceDataset(ABC):
 
     @abstractmethod
     def fingerprint_items(self) -> list[bytes]:
-        """Per-sample byte strings that change when a sample's content or label changes."""
+        """Cheap per-sample byte strings (file size, record extent) that change with most content edits.
+
+        Reading every image to hash it would cost a full pass over the data; an edit that keeps a
+        file's size exactly is therefore not detected.
+        """
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -21,7 +21,7 @@ class ImageFolderDataset(FaceDataset):
     kind = "image_folder"
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute: dask workers may run in another directory
         if not self.root.is_dir():
             raise FacekdError(f"{self.root}: dataset folder does not exist (expected one sub-folder per identity)")
         self.identity_names = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())

@@ -46,8 +46,8 @@ class RecordIODataset(FaceDataset):
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
         self._file = None
         self._file_pid = None
-        self.rec_path = Path(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self.rec_path = Path(rec_path).resolve()  # absolute: dask workers may run elsewhere
+        self.idx_path = Path(idx_path).resolve() if idx_path is not None else self.rec_path.with_suffix(".idx")
         for path, what in ((self.rec_path, "RecordIO data file"), (self.idx_path, "RecordIO index file")):
             if not path.is_file():
                 raise FacekdError(f"{path}: {what} does not exist (expected an insightface train.rec + train.idx pair)")

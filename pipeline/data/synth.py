@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.files import written_atomically
 from pipeline.errors import FacekdError
 
 Colour = tuple[float, float, float]
@@ -816,9 +817,8 @@ def encode_jpeg(pixels: np.ndarray) -> bytes:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """A crash leaves at most a `.partial` file, never a truncated image under the final name."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    with written_atomically(path) as partial:
+        partial.write_bytes(data)
 
 
 @dataclass(frozen=True)

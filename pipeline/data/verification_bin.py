@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import FaceDataset, decode_image
+from pipeline.files import written_atomically
 from pipeline.errors import FacekdError
 
 
@@ -135,15 +135,8 @@ def write_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame: Seq
         raise FacekdError(f"{path}: {len(images)} images for {len(flags)} pairs (expected 2 images per pair)")
     if not all(isinstance(image, bytes) for image in images):
         raise FacekdError(f"{path}: every image must be encoded bytes")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file_descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(file_descriptor, "wb") as file:
-            pickle.dump((list(images), flags), file, protocol=4)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with written_atomically(path) as temporary, open(temporary, "wb") as file:
+        pickle.dump((list(images), flags), file, protocol=4)
 
 
 def make_pairs(dataset: FaceDataset, num_pairs: int, seed: int) -> tuple[list[tuple[int, int]], np.ndarray]:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.losses.iled import cosine_distance
 from pipeline.losses.margin import combined_margin_logits
+from pipeline.memory import gather_from_all_ranks
 
 
 class RawL2Loss(nn.Module):
@@ -116,7 +117,8 @@ class AdaArcDistillLoss(nn.Module):
         self.centres[labels[is_last]] = updated[is_last]
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
-        self.update_centres(student, teacher, labels)
+        # Under DDP every rank updates its centres with the samples of all ranks, so they stay equal.
+        self.update_centres(gather_from_all_ranks(student), gather_from_all_ranks(teacher), gather_from_all_ranks(labels))
         cosine = F.linear(F.normalize(student, dim=1), F.normalize(self.centres, dim=1)).clamp(-1.0, 1.0)
         logits = combined_margin_logits(cosine, labels, self.s, m2=self.m)
         return F.cross_entropy(logits, labels)

@@ -9,7 +9,6 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import FacekdError
+from pipeline.files import written_atomically
 from pipeline.models import eval_mode
 
 logger = logging.getLogger(__name__)
@@ -50,28 +50,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, opse
     The file appears under `path` only once complete: it is written to a sibling temporary name
     and renamed, so a crash never leaves a truncated model that looks finished.
     """
-    path = Path(path)
-    partial_path = path.with_name(path.name + ".partial")
     device = next(model.parameters()).device
     example = torch.zeros(TRACE_BATCH_SIZE, 3, input_size, input_size, device=device)
-    try:
-        # The exporter warns about torchvision ops and its own deprecations; none concern our models.
-        with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                partial_path,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,
-                verbose=False,
-            )
-        partial_path.replace(path)
-    finally:
-        partial_path.unlink(missing_ok=True)
+    # The exporter warns about torchvision ops and its own deprecations; none concern our models.
+    with written_atomically(path) as partial_path, eval_mode(model), torch.no_grad(), warnings.catch_warnings(), \
+            _quiet(EXPORTER_LOGGERS):
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            partial_path,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            verbose=False,
+        )
     logger.info("exported %s to %s", type(model).__name__, path)
 
 
