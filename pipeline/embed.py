@@ -20,7 +20,7 @@ from tqdm import tqdm
 import pipeline
 from pipeline.data.dataset import FaceDataset
 from pipeline.errors import CorruptImageError, FacekdError
-from pipeline.store import StoreWriter, store_is_complete_for
+from pipeline.store import EmbeddingStore, StoreWriter, store_is_complete_for
 from pipeline.teacher import OnnxTeacher, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,5 @@ def embed_dataset(
 
 
 def _count_skipped(store_path: Path) -> int:
-    from pipeline.store import EmbeddingStore
-
     with EmbeddingStore(store_path) as store:
         return int(store.skipped.sum())

@@ -7,6 +7,7 @@ size 1 (weights declared as graph inputs, unused dangling inputs, a batch dimens
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import onnx
 from PIL import Image
 
 from pipeline.errors import FacekdError
+
+log = logging.getLogger(__name__)
 
 BATCH_DIM_NAME = "batch"
 FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
@@ -227,6 +230,8 @@ class OnnxTeacher:
             )
         except Exception as error:  # onnxruntime raises its own exception types
             raise FacekdError(f"{self.path}: ONNX Runtime cannot load the model ({error})") from None
+        for repair in self.graph.repairs:
+            log.info("%s: repaired at load: %s", self.path.name, repair)
         self.embedding_dim = self.graph.embedding_dim or self._probe_dim()
         if expected_dim is not None and expected_dim != self.embedding_dim:
             raise FacekdError(f"{self.path}: the model's embeddings have {self.embedding_dim} dimensions; expected {expected_dim}")
@@ -294,4 +299,5 @@ class OnnxTeacher:
             "preprocessing": asdict(self.preprocessing),
             "resize": self.resize,
             "embedding_dim": self.embedding_dim,
+            "teacher_repairs": list(self.graph.repairs),
         }
