@@ -71,9 +71,12 @@ def run_rows(
 
 
 def _mean_std(values: np.ndarray, scale: float = 100.0) -> str:
+    """Mean ± sample std; a single seed has no spread to show, so just its value."""
     if len(values) == 0:
         return "-"
-    return f"{scale * values.mean():.2f} ± {scale * values.std(ddof=1 if len(values) > 1 else 0):.2f}"
+    if len(values) == 1:
+        return f"{scale * values[0]:.2f}"
+    return f"{scale * values.mean():.2f} ± {scale * values.std(ddof=1):.2f}"
 
 
 def markdown_table(results: list[RowResult], teacher: dict[str, Any] | None, pair_set: str) -> str:
