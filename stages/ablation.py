@@ -28,14 +28,16 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
 
     section = load_section(params_path, section_name)
     rows = section.get("rows", dict)
+    sections = {name: merged_section(params_path, f"{section_name}.rows", name, overrides) for name, overrides in rows.items()}
+    configs = {name: train_config_from(row) for name, row in sections.items()}
+    # Loaded for every row of the section, so that the data fingerprint recorded with each run
+    # does not depend on which rows `--rows` picks (a subset must reuse a full run's results).
+    inputs = training_inputs(next(iter(sections.values())), list(configs.values()))
     if only_rows:
         unknown = sorted(set(only_rows.split(",")) - set(rows))
         if unknown:
             raise click.ClickException(f"{params_path}: {section_name}.rows has no rows {unknown}")
-        rows = {name: rows[name] for name in only_rows.split(",")}
-    sections = {name: merged_section(params_path, f"{section_name}.rows", name, overrides) for name, overrides in rows.items()}
-    configs = {name: train_config_from(row) for name, row in sections.items()}
-    inputs = training_inputs(next(iter(sections.values())), list(configs.values()))
+        configs = {name: configs[name] for name in only_rows.split(",")}
     evaluation = load_section(params_path, "evaluate")
     pair_set_name, pairs = next(iter(pair_sets(evaluation).items()))
     folds = evaluation.positive("folds")

@@ -109,6 +109,8 @@ def test_ablation_trains_evaluates_and_resumes_only_what_changed(project: Path) 
 
     again = run([facekd, "ablation", "--quiet"], project)
     assert "ablation: training" not in again  # finished runs are read back
+    subset = run([facekd, "ablation", "--quiet", "--rows", "margin_only"], project)
+    assert "ablation: training" not in subset  # a row's runs do not depend on the other rows run beside it
 
     params["ablation"]["rows"]["iled_rpsd"]["distillation"]["iled"] = 2.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
