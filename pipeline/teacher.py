@@ -84,6 +84,15 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
 
+def _require_float(path: Path, value_info: onnx.ValueInfoProto, role: str, expected: str) -> None:
+    element_type = value_info.type.tensor_type.elem_type
+    if element_type not in FLOAT_TYPES:
+        raise FacekdError(
+            f"{path}: {role} '{value_info.name}' has element type "
+            f"{onnx.TensorProto.DataType.Name(element_type)}; expected {expected}"
+        )
+
+
 def _repair_graph(model: onnx.ModelProto) -> list[str]:
     """Fix, in place, the graph defects that stop a model from serving as a batched teacher.
 
@@ -131,12 +140,7 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
         names = ", ".join(i.name for i in graph.input) or "none"
         raise FacekdError(f"{path}: expected exactly one image input, found {len(graph.input)} ({names})")
     image_input = graph.input[0]
-    input_type = image_input.type.tensor_type.elem_type
-    if input_type not in FLOAT_TYPES:
-        raise FacekdError(
-            f"{path}: input '{image_input.name}' has element type "
-            f"{onnx.TensorProto.DataType.Name(input_type)}; expected FLOAT or FLOAT16"
-        )
+    _require_float(path, image_input, "input", "FLOAT or FLOAT16")
     dims = _dims(image_input)
     if len(dims) != 4:
         raise FacekdError(f"{path}: input '{image_input.name}' has rank {len(dims)} {dims}; expected rank 4 (N,3,H,W or N,H,W,3)")
@@ -151,11 +155,7 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
     if len(graph.output) < 1:
         raise FacekdError(f"{path}: the graph has no output; expected an embedding output (N, D)")
     output = graph.output[0]
-    if output.type.tensor_type.elem_type not in FLOAT_TYPES:
-        raise FacekdError(
-            f"{path}: output '{output.name}' has element type "
-            f"{onnx.TensorProto.DataType.Name(output.type.tensor_type.elem_type)}; expected a float embedding"
-        )
+    _require_float(path, output, "output", "a float embedding")
     out_dims = _dims(output)
     if len(out_dims) != 2:
         raise FacekdError(f"{path}: output '{output.name}' has shape {out_dims}; expected an embedding of shape (N, D)")
@@ -168,7 +168,7 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
             layout=layout,
             height=int(height),
             width=int(width),
-            element_type=np.dtype(FLOAT_TYPES[input_type]).name,
+            element_type=np.dtype(FLOAT_TYPES[image_input.type.tensor_type.elem_type]).name,
         ),
         output_name=output.name,
         embedding_dim=embedding_dim,
