@@ -16,14 +16,17 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.dataset import FaceDataset
+from pipeline.errors import FacekdError
 from pipeline.store import provenance_hash, read_provenance
 
 
 class TeacherTargets:
-    """Teacher embeddings (N x 2 x D) by (index, view): in memory when they fit, else read lazily.
+    """Teacher embeddings (N x 2 x D) by (index, view): in memory when they fit, else memory-mapped.
 
-    In-memory targets are read once (float16). Lazily read targets open the HDF5 file on first
-    use in each process, read-only, so DataLoader workers never share a file handle.
+    In-memory targets are read once (float16). Larger stores are memory-mapped: facekd writes the
+    embeddings in uncompressed row chunks allocated up front, so every chunk is one contiguous run
+    of bytes in the file, and a row is a slice of the mapped file served by the OS page cache, with
+    no HDF5 call per sample. Each process (DataLoader workers too) maps the file on first use.
     """
 
     def __init__(self, store_path: str | Path, memory_budget_bytes: int = 8 << 30) -> None:
@@ -34,21 +37,50 @@ class TeacherTargets:
             self.shape = dataset.shape
             in_memory = dataset.size * dataset.dtype.itemsize <= memory_budget_bytes
             self.array: np.ndarray | None = dataset[:] if in_memory else None
-        self._lazy_file: h5py.File | None = None
+            if not in_memory:
+                self._dtype = dataset.dtype
+                self._chunk_rows, self._chunk_offsets = _chunk_file_offsets(dataset, self.store_path)
+        self._mapped: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
         return int(self.shape[2])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_lazy_file": None}
+        return {**self.__dict__, "_mapped": None}
 
     def get(self, index: int, view: int) -> np.ndarray:
         if self.array is not None:
             return self.array[index, view]
-        if self._lazy_file is None:
-            self._lazy_file = h5py.File(self.store_path, "r")
-        return self._lazy_file["embeddings"][index, view]
+        if self._mapped is None:
+            self._mapped = np.memmap(self.store_path, dtype=np.uint8, mode="r")
+        chunk, row = divmod(index, self._chunk_rows)
+        row_bytes = self.dim * self._dtype.itemsize
+        start = int(self._chunk_offsets[chunk]) + (row * 2 + view) * row_bytes
+        return self._mapped[start:start + row_bytes].view(self._dtype)
+
+
+def _chunk_file_offsets(dataset: h5py.Dataset, path: Path) -> tuple[int, np.ndarray]:
+    """Rows per chunk, and each chunk's byte offset in the file, in row order."""
+    if (
+        dataset.chunks is None
+        or dataset.chunks[1:] != dataset.shape[1:]
+        or dataset.id.get_create_plist().get_nfilters()
+    ):
+        raise FacekdError(
+            f"{path}: 'embeddings' is not stored in uncompressed row chunks as facekd writes it, so it "
+            "cannot be memory-mapped; raise train.targets_memory_gb to read it into memory"
+        )
+    chunk_rows = dataset.chunks[0]
+    offsets = np.full(-(-dataset.shape[0] // chunk_rows), -1, dtype=np.int64)
+
+    def record(chunk: h5py.h5d.StoreInfo) -> None:
+        offsets[chunk.chunk_offset[0] // chunk_rows] = chunk.byte_offset
+
+    dataset.id.chunk_iter(record)
+    if (offsets < 0).any():
+        raise FacekdError(f"{path}: 'embeddings' has chunks that were never written; embed the store again")
+    return chunk_rows, offsets
 
 
 class TrainingImages(Dataset):

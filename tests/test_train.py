@@ -170,22 +170,47 @@ def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, fac
     assert '"world_size": 2' in metrics and '"global_batch_size": 8' in metrics
 
 
-def test_lazy_targets_and_loader_workers_give_the_in_memory_weights(
+def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
     tmp_path: Path, face_folder: Path, tiny_store: Path
 ) -> None:
-    """Targets read lazily from HDF5 inside 2 DataLoader workers = targets read once into memory."""
-    lazy = TeacherTargets(tiny_store, memory_budget_bytes=0)
-    assert lazy.array is None
+    """Targets memory-mapped inside 2 DataLoader workers = targets read once into memory."""
+    mapped = TeacherTargets(tiny_store, memory_budget_bytes=0)
+    assert mapped.array is None
     in_memory = TeacherTargets(tiny_store)
-    np.testing.assert_array_equal(lazy.get(5, 1), in_memory.get(5, 1))
+    np.testing.assert_array_equal(mapped.get(5, 1), in_memory.get(5, 1))
     dataset = ImageFolderDataset(face_folder)
     one_epoch = replace(TINY_STUDENT, epochs=1)
     train(one_epoch, dataset, tmp_path / "memory", targets=in_memory, progress=False)
-    train(replace(one_epoch, num_workers=2), dataset, tmp_path / "lazy", targets=lazy, progress=False)
+    train(replace(one_epoch, num_workers=2), dataset, tmp_path / "mapped", targets=mapped, progress=False)
     reference = torch.load(tmp_path / "memory" / CHECKPOINT, weights_only=False)["model"]
-    workers = torch.load(tmp_path / "lazy" / CHECKPOINT, weights_only=False)["model"]
+    workers = torch.load(tmp_path / "mapped" / CHECKPOINT, weights_only=False)["model"]
     for name in reference:
         assert torch.equal(reference[name], workers[name]), name
+
+
+def test_mapped_targets_equal_the_store_in_every_chunk(tmp_path: Path, face_folder: Path, tiny_teacher: Path) -> None:
+    """42 images in chunks of 16 rows: the map finds every chunk, the partial last one included."""
+    import h5py
+
+    store = tmp_path / "store.h5"
+    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), store, block_size=16, workers=0, progress=False)
+    with h5py.File(store, "r") as h5file:
+        expected = h5file["embeddings"][:]
+        assert h5file["embeddings"].chunks[0] == 16
+    mapped = TeacherTargets(store, memory_budget_bytes=0)
+    assert mapped.array is None
+    for index in range(len(expected)):
+        for view in (0, 1):
+            np.testing.assert_array_equal(mapped.get(index, view), expected[index, view])
+
+    compressed = tmp_path / "compressed.h5"  # not as facekd writes stores: refused with a way out
+    with h5py.File(store, "r") as source, h5py.File(compressed, "w") as target:
+        for name, value in source.attrs.items():
+            target.attrs[name] = value
+        target.create_dataset("embeddings", data=expected, chunks=(16, 2, expected.shape[2]), compression="gzip")
+    with pytest.raises(FacekdError, match="compressed.h5: 'embeddings' is not stored in uncompressed row chunks"):
+        TeacherTargets(compressed, memory_budget_bytes=0)
+    assert TeacherTargets(compressed).array is not None  # small enough to read into memory
 
 
 def test_cli_train_reports_unknown_students_and_keys(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
