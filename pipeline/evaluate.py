@@ -16,15 +16,27 @@ from pipeline.verification import verification_report
 
 
 def embed_pair_images(model: OnnxTeacher, pairs: VerificationPairs, batch_images: int = 512) -> np.ndarray:
-    """Embeddings of every image of the pair set and of its flip: float32 2N x 2 x D."""
+    """Embeddings of every image of the pair set and of its flip: float32 2N x 2 x D.
+
+    Pair sets repeat images (each of our held-out images sits in about six pairs), so each distinct
+    encoded image is decoded and embedded once and its embedding copied to every place it occurs.
+    """
+    first_occurrences: list[int] = []  # per distinct image, the index where it first occurs
+    distinct_of_image: dict[bytes, int] = {}
+    distinct = np.empty(len(pairs.images), dtype=np.int64)
+    for index, image in enumerate(pairs.images):
+        if image not in distinct_of_image:
+            distinct_of_image[image] = len(first_occurrences)
+            first_occurrences.append(index)
+        distinct[index] = distinct_of_image[image]
     parts = []
-    for start in range(0, len(pairs.images), batch_images):
-        images = [pairs.decode(index) for index in range(start, min(start + batch_images, len(pairs.images)))]
+    for start in range(0, len(first_occurrences), batch_images):
+        images = [pairs.decode(index) for index in first_occurrences[start:start + batch_images]]
         shapes = {image.shape for image in images}
         if len(shapes) > 1:
             raise FacekdError(f"{pairs.origin}: images of different sizes {sorted(shapes)}; expected aligned faces of one size")
         parts.append(model.embed_with_flip(np.stack(images)))
-    return np.concatenate(parts)
+    return np.concatenate(parts)[distinct]
 
 
 def evaluate_pairs(model: OnnxTeacher, pairs: VerificationPairs, n_folds: int = 10) -> dict[str, Any]:

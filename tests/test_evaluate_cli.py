@@ -29,6 +29,7 @@ def test_make_bin_then_evaluate_matches_a_direct_computation(tmp_path: Path, fac
     assert made.exit_code == 0, made.output
     pairs = load_bin(tmp_path / "faces.bin")
     assert len(pairs) == 40 and pairs.issame.sum() == 20
+    assert len(set(pairs.images)) < len(pairs.images)  # repeated images: each is embedded once, used everywhere
 
     result = runner.invoke(cli, ["evaluate", "--params", str(_params(tmp_path, [str(tmp_path / "faces.bin")])),
                                  "--onnx", str(tiny_teacher), "--out", str(tmp_path / "eval")])
