@@ -30,18 +30,6 @@ class RowResult:
         return np.array([m[metric] for m in self.per_seed.values() if m.get(metric) is not None], dtype=float)
 
 
-# Settings that change how a run executes, not what it computes (the same weights: tests/test_train.py).
-EXECUTION_SETTINGS = ("num_workers",)
-
-
-def _run_record(config: TrainConfig, data_fingerprint: str) -> dict[str, Any]:
-    """What a run's result depends on: its settings (but not how it executes) and its data."""
-    settings = json.loads(json.dumps(asdict(config)))
-    for name in EXECUTION_SETTINGS:
-        settings.pop(name, None)
-    return {"config": settings, "data": data_fingerprint}
-
-
 def _recorded_metrics(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics recorded at `path` if they were made by exactly `run` (settings and data)."""
     if not path.is_file():
@@ -50,10 +38,7 @@ def _recorded_metrics(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
         recorded = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    recorded_run = recorded.get("run") or {}
-    for name in EXECUTION_SETTINGS:  # compared on what the result depends on, whatever the record holds
-        recorded_run.get("config", {}).pop(name, None)
-    return recorded["metrics"] if recorded_run == run else None
+    return recorded["metrics"] if recorded.get("run") == run else None
 
 
 def run_rows(
@@ -72,7 +57,7 @@ def run_rows(
         for seed in seeds:
             seeded = replace(config, seed=seed)
             out_dir = Path(out_root) / name / f"seed{seed}"
-            run = _run_record(seeded, data_fingerprint)
+            run = {"config": json.loads(json.dumps(asdict(seeded))), "data": data_fingerprint}
             metrics = _recorded_metrics(out_dir / EVALUATION, run)
             if metrics is None:
                 log(f"ablation: training {name}, seed {seed}")
