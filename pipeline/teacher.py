@@ -84,13 +84,15 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
 
-def _require_float(path: Path, value_info: onnx.ValueInfoProto, role: str, expected: str) -> None:
+def _require_float(path: Path, value_info: onnx.ValueInfoProto, role: str, expected: str) -> int:
+    """The element type of `value_info`, refused unless it is a float type."""
     element_type = value_info.type.tensor_type.elem_type
     if element_type not in FLOAT_TYPES:
         raise FacekdError(
             f"{path}: {role} '{value_info.name}' has element type "
             f"{onnx.TensorProto.DataType.Name(element_type)}; expected {expected}"
         )
+    return element_type
 
 
 def _repair_graph(model: onnx.ModelProto) -> list[str]:
@@ -140,7 +142,7 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
         names = ", ".join(i.name for i in graph.input) or "none"
         raise FacekdError(f"{path}: expected exactly one image input, found {len(graph.input)} ({names})")
     image_input = graph.input[0]
-    _require_float(path, image_input, "input", "FLOAT or FLOAT16")
+    input_type = _require_float(path, image_input, "input", "FLOAT or FLOAT16")
     dims = _dims(image_input)
     if len(dims) != 4:
         raise FacekdError(f"{path}: input '{image_input.name}' has rank {len(dims)} {dims}; expected rank 4 (N,3,H,W or N,H,W,3)")
@@ -168,7 +170,7 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
             layout=layout,
             height=int(height),
             width=int(width),
-            element_type=np.dtype(FLOAT_TYPES[image_input.type.tensor_type.elem_type]).name,
+            element_type=np.dtype(FLOAT_TYPES[input_type]).name,
         ),
         output_name=output.name,
         embedding_dim=embedding_dim,

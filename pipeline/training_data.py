@@ -39,6 +39,7 @@ class TeacherTargets:
             self.array: np.ndarray | None = dataset[:] if in_memory else None
             if not in_memory:
                 self._dtype = dataset.dtype
+                self._row_bytes = self.dim * dataset.dtype.itemsize
                 self._chunk_rows, self._chunk_offsets = _chunk_file_offsets(dataset, self.store_path)
         self._mapped: np.ndarray | None = None
 
@@ -55,9 +56,8 @@ class TeacherTargets:
         if self._mapped is None:
             self._mapped = np.memmap(self.store_path, dtype=np.uint8, mode="r")
         chunk, row = divmod(index, self._chunk_rows)
-        row_bytes = self.dim * self._dtype.itemsize
-        start = int(self._chunk_offsets[chunk]) + (row * 2 + view) * row_bytes
-        return self._mapped[start:start + row_bytes].view(self._dtype)
+        start = int(self._chunk_offsets[chunk]) + (row * 2 + view) * self._row_bytes
+        return self._mapped[start:start + self._row_bytes].view(self._dtype)
 
 
 def _chunk_file_offsets(dataset: h5py.Dataset, path: Path) -> tuple[int, np.ndarray]:
