@@ -6,7 +6,9 @@ Needs the default pipeline's outputs (`make run` first): the student set, the st
 pairs and the default teacher's checkpoint. Uses the `train` section's student (MobileFaceNet by
 default), batch size and KD settings, and reports:
   1. step time, margin only vs margin + ILED + RPSD (memory bank full, pair-aware batches);
-  2. time per epoch of offline KD (teacher embeddings read from the store) vs online KD that
+  2. reading one batch of teacher targets from the store: in memory, memory-mapped (stores
+     above `targets_memory_gb`), and h5py row by row (the plain way, the baseline);
+  3. time per epoch of offline KD (teacher embeddings read from the store) vs online KD that
      runs the teacher (PyTorch eager, no grad) on every batch: the default teacher (trained
      weights), and a teacher of the published IR50 : MobileFaceNet cost ratio (~15x the student's
      multiply-adds; iResNet-18 width 0.25, random weights: only its speed matters here).
@@ -21,13 +23,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from pipeline.models import build_backbone, count_multiply_adds
 from pipeline.sampler import PairBatchSampler, RandomBatchSampler
 from pipeline.train import StudentModel, collate_training_batch
-from pipeline.training_data import TrainingImages, normalise_images
+from pipeline.training_data import TeacherTargets, TrainingImages, normalise_images
 from stages.params import load_section
 from stages.train import student_section, training_inputs
 from stages.training import train_config_from
@@ -83,6 +87,32 @@ def median_step_seconds(config, inputs, steps: int, online_teacher: torch.nn.Mod
     return statistics.median(times)
 
 
+def batch_read_seconds(read_row, rows: np.ndarray, views: np.ndarray, batch_size: int) -> float:
+    """Median time to read `batch_size` target rows as float32, as the training data path does."""
+    times = []
+    for start in range(0, len(rows) - batch_size + 1, batch_size):
+        started = time.perf_counter()
+        for row, view in zip(rows[start:start + batch_size].tolist(), views[start:start + batch_size].tolist()):
+            read_row(row, view).astype(np.float32)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def target_read_seconds(store_path: str, batch_size: int, batches: int = 50) -> dict[str, float]:
+    """Per-batch target reads at random rows, each way measured over the same rows (warm page cache)."""
+    in_memory, mapped = TeacherTargets(store_path), TeacherTargets(store_path, memory_budget_bytes=0)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, in_memory.shape[0], batches * batch_size)
+    views = rng.integers(0, 2, batches * batch_size)
+    with h5py.File(store_path, "r") as store:
+        embeddings = store["embeddings"]
+        return {
+            "in memory": batch_read_seconds(in_memory.get, rows, views, batch_size),
+            "memory-mapped": batch_read_seconds(mapped.get, rows, views, batch_size),
+            "h5py row reads": batch_read_seconds(lambda row, view: embeddings[row, view], rows, views, batch_size),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -102,6 +132,7 @@ def main() -> None:
     teacher.load_state_dict({k.removeprefix("backbone."): v for k, v in checkpoint["model"].items() if k.startswith("backbone.")})
     teacher.eval()
 
+    reads = target_read_seconds(section.get("store", str), kd_config.batch_size)
     margin = median_step_seconds(margin_config, inputs, args.steps)
     offline = median_step_seconds(kd_config, inputs, args.steps)
     online = median_step_seconds(kd_config, inputs, args.steps, online_teacher=teacher)
@@ -115,6 +146,9 @@ def main() -> None:
           f"k_neg {d.rpsd_k_neg}); teacher {teacher_config.backbone} width {teacher_config.width}")
     print(f"step: margin only {1000 * margin:.0f} ms, margin + ILED + RPSD {1000 * offline:.0f} ms "
           f"-> KD terms add {100 * (offline / margin - 1):.1f}%")
+    print(f"target reads per batch of {kd_config.batch_size}: " + ", ".join(
+        f"{way} {1000 * seconds:.2f} ms" for way, seconds in reads.items())
+        + f" -> memory-mapped is {reads['h5py row reads'] / reads['memory-mapped']:.1f}x faster than h5py row reads")
     for name, model, seconds in (("default teacher", teacher, online), ("IR50:MFN-ratio teacher", large_teacher, online_large)):
         ratio = count_multiply_adds(model, size) / student_cost
         print(f"epoch ({steps_per_epoch} steps), {name} ({ratio:.1f}x the student's multiply-adds): "
