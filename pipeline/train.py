@@ -36,7 +36,7 @@ from pipeline.losses import margin_head
 from pipeline.models import build_backbone
 from pipeline.models.export import check_onnx_matches, export_onnx
 from pipeline.sampler import PairBatchSampler, RandomBatchSampler
-from pipeline.training_data import TeacherTargets, TrainingImages, normalise_images
+from pipeline.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +219,15 @@ def train(
     usable: np.ndarray | None = None,
     pair_offsets: np.ndarray | None = None,
     pair_partners: np.ndarray | None = None,
+    images_memory_bytes: int = 2 << 30,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume) a backbone on `dataset`; write checkpoint, log, metrics and ONNX to `out_dir`.
 
     `targets`: the teacher embeddings of `dataset` (needed by every KD term). `usable`: the
     sample indices to train on (default all). `pair_offsets`/`pair_partners`: the mined pair
-    table in CSR form, needed by the "pairs" sampler.
+    table in CSR form, needed by the "pairs" sampler. Training images that fit in
+    `images_memory_bytes` once decoded are decoded once and kept in memory (the same pixels).
     """
     out_dir = Path(out_dir)
     rank, world_size, device = _distributed()
@@ -275,8 +277,9 @@ def train(
     if config.compile:
         model.backbone.compile()
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
+    images = decode_in_memory(dataset, usable, images_memory_bytes, progress and rank == 0)
     loader = DataLoader(
-        TrainingImages(dataset, targets), batch_sampler=sampler, num_workers=config.num_workers,
+        TrainingImages(dataset, targets, images), batch_sampler=sampler, num_workers=config.num_workers,
         collate_fn=collate_training_batch, persistent_workers=config.num_workers > 0,
     )
     steps_per_epoch = len(sampler)

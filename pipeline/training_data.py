@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from pipeline.data.dataset import FaceDataset
 from pipeline.errors import FacekdError
@@ -83,19 +84,52 @@ def _chunk_file_offsets(dataset: h5py.Dataset, path: Path) -> tuple[int, np.ndar
     return chunk_rows, offsets
 
 
-class TrainingImages(Dataset):
-    """Items (index, flip) -> (uint8 H x W x 3 image, label, index, flip, teacher target)."""
+def decode_in_memory(
+    dataset: FaceDataset, indices: np.ndarray, memory_budget_bytes: int, progress: bool = False
+) -> np.ndarray | None:
+    """Images `indices` decoded once into one uint8 array (N x H x W x 3, by dataset index), or None
+    when they would not fit in `memory_budget_bytes`.
 
-    def __init__(self, dataset: FaceDataset, targets: TeacherTargets | None = None) -> None:
+    Decoding a small JPEG costs about as much as a tenth of a small model's training step on a CPU,
+    every epoch; held in memory, it is paid once. Rows outside `indices` (images the teacher could
+    not embed) stay zero and are never sampled.
+    """
+    if len(indices) == 0:
+        return None
+    first = dataset.load(int(indices[0]))
+    if len(dataset) * first.nbytes > memory_budget_bytes:
+        return None
+    images = np.zeros((len(dataset), *first.shape), dtype=np.uint8)
+    for index in tqdm(indices.tolist(), desc="decode images", unit="img", disable=not progress, mininterval=1.0):
+        image = dataset.load(index)
+        if image.shape != first.shape:
+            raise FacekdError(
+                f"{dataset.source(index)}: image is {image.shape[1]}x{image.shape[0]}x{image.shape[2]}; "
+                f"expected {first.shape[1]}x{first.shape[0]}x{first.shape[2]} like {dataset.source(int(indices[0]))}"
+            )
+        images[index] = image
+    return images
+
+
+class TrainingImages(Dataset):
+    """Items (index, flip) -> (uint8 H x W x 3 image, label, index, flip, teacher target).
+
+    Images come from `images` (see `decode_in_memory`) when given, else are decoded per sample.
+    """
+
+    def __init__(
+        self, dataset: FaceDataset, targets: TeacherTargets | None = None, images: np.ndarray | None = None
+    ) -> None:
         self.dataset = dataset
         self.targets = targets
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, int, int, bool, torch.Tensor]:
         index, flip = item
-        image = self.dataset.load(index)
+        image = self.images[index] if self.images is not None else self.dataset.load(index)
         if flip:
             image = image[:, ::-1]
         target = (

@@ -24,7 +24,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     from pipeline.train import train
     from stages.evaluate import open_model, pair_sets
     from stages.train import merged_section, training_inputs
-    from stages.training import train_config_from
+    from stages.training import images_memory_bytes, train_config_from
 
     section = load_section(params_path, section_name)
     rows = section.get("rows", dict)
@@ -33,6 +33,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     # Loaded for every row of the section, so that the data fingerprint recorded with each run
     # does not depend on which rows `--rows` picks (a subset must reuse a full run's results).
     inputs = training_inputs(next(iter(sections.values())), list(configs.values()))
+    images_budget = images_memory_bytes(next(iter(sections.values())))
     if only_rows:
         unknown = sorted(set(only_rows.split(",")) - set(rows))
         if unknown:
@@ -46,7 +47,10 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
         return summary_metrics(evaluate_pairs(open_model(params_path, model_path, as_teacher), pairs, folds))
 
     def train_one(config, out_dir: Path) -> None:
-        train(config, inputs.dataset, out_dir, progress=not quiet, **inputs.train_arguments())
+        train(
+            config, inputs.dataset, out_dir, images_memory_bytes=images_budget, progress=not quiet,
+            **inputs.train_arguments(),
+        )
 
     out_root = Path(section.get("out_root", str))
     results = run_rows(configs, section.get("seeds", list), out_root, train_one, evaluate_one, inputs.fingerprint(), click.echo)

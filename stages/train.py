@@ -52,13 +52,14 @@ def training_inputs(section: Section, configs: list["TrainConfig"]) -> "Training
 def train(params_path: str, name: str, quiet: bool) -> None:
     """Train one student from the cached teacher embeddings (and mined pairs); export it to ONNX."""
     from pipeline.train import MODEL, train as train_student
-    from stages.training import train_config_from
+    from stages.training import images_memory_bytes, train_config_from
 
     section = student_section(params_path, name)
     config = train_config_from(section)
     inputs = training_inputs(section, [config])
     result = train_student(
-        config, inputs.dataset, Path(section.get("out_root", str)) / name, progress=not quiet, **inputs.train_arguments()
+        config, inputs.dataset, Path(section.get("out_root", str)) / name,
+        images_memory_bytes=images_memory_bytes(section), progress=not quiet, **inputs.train_arguments(),
     )
     resumed = f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else ""
     click.echo(f"student {name}: {result.out_dir / MODEL}{resumed}, {result.metrics['samples_per_second']:.0f} images/s")

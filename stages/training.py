@@ -12,7 +12,7 @@ from stages.params import Section
 
 SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 # Keys of a training section that say where data comes from and goes to, not how to train.
-IO_KEYS = ("dataset", "store", "pairs", "out", "out_root", "targets_memory_gb")
+IO_KEYS = ("dataset", "store", "pairs", "out", "out_root", "targets_memory_gb", "images_memory_gb")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -58,3 +58,8 @@ def train_config_from(section: Section) -> TrainConfig:
         if "distillation" in section.values else DistillationConfig()
     )
     return TrainConfig(**_dataclass_from(section, TrainConfig, IO_KEYS), optim=optim, distillation=distillation)
+
+
+def images_memory_bytes(section: Section) -> int:
+    """`images_memory_gb` of a training section in bytes: decoded images up to this size stay in memory."""
+    return int(section.get("images_memory_gb", float, 2.0) * (1 << 30))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.distill import DistillationConfig
@@ -20,7 +21,7 @@ from pipeline.errors import FacekdError
 from pipeline.sampler import RandomBatchSampler
 from pipeline.teacher import OnnxTeacher
 from pipeline.train import CHECKPOINT, METRICS, MODEL, OptimConfig, TrainConfig, learning_rate, train
-from pipeline.training_data import TeacherTargets
+from pipeline.training_data import TeacherTargets, decode_in_memory
 
 # Scripts run in subprocesses import this module (tests.test_train) from the repository root.
 REPO_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -78,7 +79,7 @@ KILLABLE_TRAIN = textwrap.dedent(
     import sys, time
     from pipeline.data.image_folder import ImageFolderDataset
     from pipeline.train import train
-    from pipeline.training_data import TeacherTargets
+    from pipeline.training_data import TeacherTargets, decode_in_memory
     from tests.test_train import TINY_STUDENT
 
     class SlowFolder(ImageFolderDataset):
@@ -173,7 +174,8 @@ def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, fac
 def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
     tmp_path: Path, face_folder: Path, tiny_store: Path
 ) -> None:
-    """Targets memory-mapped inside 2 DataLoader workers = targets read once into memory."""
+    """Targets memory-mapped and images decoded per sample inside 2 DataLoader workers = targets
+    read once into memory and images decoded once (the default)."""
     mapped = TeacherTargets(tiny_store, memory_budget_bytes=0)
     assert mapped.array is None
     in_memory = TeacherTargets(tiny_store)
@@ -181,11 +183,33 @@ def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
     dataset = ImageFolderDataset(face_folder)
     one_epoch = replace(TINY_STUDENT, epochs=1)
     train(one_epoch, dataset, tmp_path / "memory", targets=in_memory, progress=False)
-    train(replace(one_epoch, num_workers=2), dataset, tmp_path / "mapped", targets=mapped, progress=False)
+    train(
+        replace(one_epoch, num_workers=2), dataset, tmp_path / "mapped", targets=mapped, images_memory_bytes=0,
+        progress=False,
+    )
     reference = torch.load(tmp_path / "memory" / CHECKPOINT, weights_only=False)["model"]
     workers = torch.load(tmp_path / "mapped" / CHECKPOINT, weights_only=False)["model"]
     for name in reference:
         assert torch.equal(reference[name], workers[name]), name
+
+
+def test_images_decoded_in_memory_only_when_they_fit(tmp_path: Path, face_folder: Path) -> None:
+    dataset = ImageFolderDataset(face_folder)
+    usable = np.arange(1, len(dataset))
+    images = decode_in_memory(dataset, usable, 1 << 30)
+    assert images is not None and images.shape == (len(dataset), *dataset.load(0).shape)
+    np.testing.assert_array_equal(images[3], dataset.load(3))
+    assert not images[0].any()  # not usable: never decoded
+    assert decode_in_memory(dataset, usable, images.nbytes - 1) is None
+
+
+def test_images_of_another_size_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "faces"
+    for identity, size in (("a", 16), ("b", 20)):
+        (folder / identity).mkdir(parents=True)
+        Image.new("RGB", (size, size)).save(folder / identity / "0.png")
+    with pytest.raises(FacekdError, match=r"b/0\.png: image is 20x20x3; expected 16x16x3"):
+        decode_in_memory(ImageFolderDataset(folder), np.arange(2), 1 << 30)
 
 
 def test_mapped_targets_equal_the_store_in_every_chunk(tmp_path: Path, face_folder: Path, tiny_teacher: Path) -> None:
