@@ -8,6 +8,10 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 UV := UV_PYTHON=$(BIN)/python $(BIN)/uv --quiet pip
 # torch's pin, read from pyproject.toml: pip installs torch (it finds the CPU build where the machine's
 # pip is configured to look; uv would not), then uv installs the rest in seconds instead of minutes.
+# Neither compiles bytecode at install (a minute on 2 cores): Python caches it on first import
+# instead, which PYTHONDONTWRITEBYTECODE would forbid, making every facekd or dvc command compile
+# its imports again (about 3 s each).
+unexport PYTHONDONTWRITEBYTECODE
 TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 export PATH := $(BIN):$(PATH)
 # The builds of the other extra: both provide the same modules, so only one may be installed.

@@ -8,11 +8,14 @@ default), batch size and KD settings, and reports:
   1. step time, margin only vs margin + ILED + RPSD (memory bank full, pair-aware batches);
   2. reading one batch of teacher targets from the store: in memory, memory-mapped (stores
      above `targets_memory_gb`), and h5py row by row (the plain way, the baseline);
-  3. time per epoch of offline KD (teacher embeddings read from the store) vs online KD that
+  3. the KD step with its images decoded once into memory (as training does when they fit in
+     `images_memory_gb`) vs decoded from JPEG at every step (the baseline);
+  4. time per epoch of offline KD (teacher embeddings read from the store) vs online KD that
      runs the teacher (PyTorch eager, no grad) on every batch: the default teacher (trained
      weights), and a teacher of the published IR50 : MobileFaceNet cost ratio (~15x the student's
      multiply-adds; iResNet-18 width 0.25, random weights: only its speed matters here).
-Each figure is the median step time over `--steps` steps after warm-up, data loading included.
+Each figure is the median step time over `--steps` steps after warm-up, data loading included
+(images held in memory, as in training, unless said otherwise).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader
 from pipeline.models import build_backbone, count_multiply_adds
 from pipeline.sampler import PairBatchSampler, RandomBatchSampler
 from pipeline.train import StudentModel, collate_training_batch
-from pipeline.training_data import TeacherTargets, TrainingImages, normalise_images
+from pipeline.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 from stages.params import load_section
 from stages.train import student_section, training_inputs
 from stages.training import train_config_from
@@ -50,8 +53,11 @@ def endless(loader: DataLoader, sampler: RandomBatchSampler):
         yield from loader
 
 
-def median_step_seconds(config, inputs, steps: int, online_teacher: torch.nn.Module | None = None) -> float:
-    """Median wall time of a training step (load, forward, KD terms, backward, update, bank)."""
+def median_step_seconds(
+    config, inputs, images: np.ndarray | None, steps: int, online_teacher: torch.nn.Module | None = None
+) -> float:
+    """Median wall time of a training step (load, forward, KD terms, backward, update, bank);
+    `images`: decoded in memory, or None to decode each sample's JPEG."""
     dataset, targets = inputs.dataset, inputs.targets
     torch.manual_seed(0)
     model = StudentModel(config, image_size(dataset), dataset.num_identities, targets.dim)
@@ -65,7 +71,10 @@ def median_step_seconds(config, inputs, steps: int, online_teacher: torch.nn.Mod
         sampler = PairBatchSampler(inputs.usable, inputs.pair_offsets, inputs.pair_partners, config.batch_size, 0)
     else:
         sampler = RandomBatchSampler(inputs.usable, config.batch_size, 0)
-    loader = DataLoader(TrainingImages(dataset, None if online_teacher else targets), batch_sampler=sampler, collate_fn=collate_training_batch)
+    loader = DataLoader(
+        TrainingImages(dataset, None if online_teacher else targets, images),
+        batch_sampler=sampler, collate_fn=collate_training_batch,
+    )
     times = []
     batches = endless(loader, sampler)
     for step in range(WARM_UP + steps):
@@ -133,11 +142,13 @@ def main() -> None:
     teacher.eval()
 
     reads = target_read_seconds(section.get("store", str), kd_config.batch_size)
-    margin = median_step_seconds(margin_config, inputs, args.steps)
-    offline = median_step_seconds(kd_config, inputs, args.steps)
-    online = median_step_seconds(kd_config, inputs, args.steps, online_teacher=teacher)
+    images = decode_in_memory(inputs.dataset, inputs.usable, 1 << 40)
+    margin = median_step_seconds(margin_config, inputs, images, args.steps)
+    offline = median_step_seconds(kd_config, inputs, images, args.steps)
+    offline_decoding = median_step_seconds(kd_config, inputs, None, args.steps)
+    online = median_step_seconds(kd_config, inputs, images, args.steps, online_teacher=teacher)
     large_teacher = build_backbone("iresnet18", teacher_config.embedding_dim, size, 0.25).eval()
-    online_large = median_step_seconds(kd_config, inputs, args.steps, online_teacher=large_teacher)
+    online_large = median_step_seconds(kd_config, inputs, images, args.steps, online_teacher=large_teacher)
     student_cost = count_multiply_adds(build_backbone(kd_config.backbone, kd_config.embedding_dim, size, kd_config.width), size)
     steps_per_epoch = len(inputs.usable) // kd_config.batch_size
     d = kd_config.distillation
@@ -149,6 +160,8 @@ def main() -> None:
     print(f"target reads per batch of {kd_config.batch_size}: " + ", ".join(
         f"{way} {1000 * seconds:.2f} ms" for way, seconds in reads.items())
         + f" -> memory-mapped is {reads['h5py row reads'] / reads['memory-mapped']:.1f}x faster than h5py row reads")
+    print(f"KD step: images in memory {1000 * offline:.0f} ms, decoded at every step {1000 * offline_decoding:.0f} ms "
+          f"-> in memory is {offline_decoding / offline:.2f}x faster")
     for name, model, seconds in (("default teacher", teacher, online), ("IR50:MFN-ratio teacher", large_teacher, online_large)):
         ratio = count_multiply_adds(model, size) / student_cost
         print(f"epoch ({steps_per_epoch} steps), {name} ({ratio:.1f}x the student's multiply-adds): "
