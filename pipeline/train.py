@@ -346,6 +346,7 @@ def train(
         "samples_per_second": float(np.mean([h["samples_per_second"] for h in history])),
     }
     if rank == 0:
+        _write_log(history, out_dir / LOG)  # also when resuming a finished run: DVC removed the old log
         # A fresh, uncompiled copy of the backbone is what gets exported.
         backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width).to(device)
         backbone.load_state_dict(model.backbone.state_dict())

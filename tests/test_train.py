@@ -133,6 +133,20 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path, face_folder
     assert train(changed, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False).resumed_from_epoch == 0
 
 
+def test_rerun_of_a_finished_run_rewrites_every_output(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
+    """DVC removes a stage's outputs but keeps its persisted checkpoint before running it again."""
+    dataset = ImageFolderDataset(face_folder)
+    one_epoch = replace(TINY_STUDENT, epochs=1)
+    train(one_epoch, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False)
+    log = (tmp_path / "train_log.csv").read_text()
+    for name in (MODEL, METRICS, "train_log.csv"):
+        (tmp_path / name).unlink()
+    rerun = train(one_epoch, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False)
+    assert rerun.resumed_from_epoch == 1
+    assert (tmp_path / "train_log.csv").read_text() == log
+    assert (tmp_path / MODEL).is_file() and (tmp_path / METRICS).is_file()
+
+
 def _student_params(tmp_path: Path, face_folder: Path, store: Path, **student) -> Path:
     """A params.yaml whose `train` section is TINY_STUDENT (what `facekd train` reads)."""
     config = asdict(TINY_STUDENT)
