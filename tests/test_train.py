@@ -79,7 +79,7 @@ KILLABLE_TRAIN = textwrap.dedent(
     import sys, time
     from pipeline.data.image_folder import ImageFolderDataset
     from pipeline.train import train
-    from pipeline.training_data import TeacherTargets, decode_in_memory
+    from pipeline.training_data import TeacherTargets
     from tests.test_train import TINY_STUDENT
 
     class SlowFolder(ImageFolderDataset):
@@ -89,7 +89,8 @@ KILLABLE_TRAIN = textwrap.dedent(
 
     if __name__ == "__main__":
         folder, store, out = sys.argv[1:4]
-        train(TINY_STUDENT, SlowFolder(folder), out, targets=TeacherTargets(store), progress=False)
+        # decoded per sample (not once into memory), so that every epoch is slow enough to be killed in
+        train(TINY_STUDENT, SlowFolder(folder), out, targets=TeacherTargets(store), images_memory_bytes=0, progress=False)
     """
 )
 
