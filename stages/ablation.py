@@ -24,7 +24,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     from pipeline.train import train
     from stages.evaluate import open_model, pair_sets
     from stages.train import merged_section, training_inputs
-    from stages.training import images_memory_bytes, train_config_from
+    from stages.training import memory_budget_bytes, train_config_from
 
     section = load_section(params_path, section_name)
     rows = section.get("rows", dict)
@@ -33,7 +33,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     # Loaded for every row of the section, so that the data fingerprint recorded with each run
     # does not depend on which rows `--rows` picks (a subset must reuse a full run's results).
     inputs = training_inputs(next(iter(sections.values())), list(configs.values()))
-    images_budget = images_memory_bytes(next(iter(sections.values())))
+    images_budget = memory_budget_bytes(next(iter(sections.values())), "images_memory_gb", 2.0)
     if only_rows:
         unknown = sorted(set(only_rows.split(",")) - set(rows))
         if unknown:

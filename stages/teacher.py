@@ -17,7 +17,7 @@ def teacher(params_path: str, quiet: bool) -> None:
     """Train a margin-loss backbone on `teacher.dataset` and export it to `<teacher.out>/model.onnx`."""
     from pipeline.data.open import open_dataset
     from pipeline.train import MODEL, train
-    from stages.training import images_memory_bytes, train_config_from
+    from stages.training import memory_budget_bytes, train_config_from
 
     section = load_section(params_path, "teacher")
     config = train_config_from(section)
@@ -25,6 +25,6 @@ def teacher(params_path: str, quiet: bool) -> None:
         raise click.ClickException(f"{params_path}: teacher.distillation must not set distillation terms")
     result = train(
         config, open_dataset(section.get("dataset", str)), section.get("out", str),
-        images_memory_bytes=images_memory_bytes(section), progress=not quiet,
+        images_memory_bytes=memory_budget_bytes(section, "images_memory_gb", 2.0), progress=not quiet,
     )
     click.echo(f"teacher exported to {result.out_dir / MODEL} ({result.metrics['samples_per_second']:.0f} images/s)")

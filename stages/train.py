@@ -35,13 +35,14 @@ def training_inputs(section: Section, configs: list["TrainConfig"]) -> "Training
     """The data a training section names, loaded once for all `configs` (targets / pairs only if used)."""
     from pipeline.data.open import open_dataset
     from pipeline.training_data import load_training_inputs
+    from stages.training import memory_budget_bytes
 
     return load_training_inputs(
         open_dataset(section.get("dataset", str)),
         section.get("store", str),
         section.get("pairs", str) if any(config.sampler == "pairs" for config in configs) else None,
         load_targets=any(config.distillation.uses_teacher for config in configs),
-        memory_budget_bytes=int(section.get("targets_memory_gb", float, 8.0) * (1 << 30)),
+        memory_budget_bytes=memory_budget_bytes(section, "targets_memory_gb", 8.0),
     )
 
 
@@ -52,14 +53,14 @@ def training_inputs(section: Section, configs: list["TrainConfig"]) -> "Training
 def train(params_path: str, name: str, quiet: bool) -> None:
     """Train one student from the cached teacher embeddings (and mined pairs); export it to ONNX."""
     from pipeline.train import MODEL, train as train_student
-    from stages.training import images_memory_bytes, train_config_from
+    from stages.training import memory_budget_bytes, train_config_from
 
     section = student_section(params_path, name)
     config = train_config_from(section)
     inputs = training_inputs(section, [config])
     result = train_student(
         config, inputs.dataset, Path(section.get("out_root", str)) / name,
-        images_memory_bytes=images_memory_bytes(section), progress=not quiet, **inputs.train_arguments(),
+        images_memory_bytes=memory_budget_bytes(section, "images_memory_gb", 2.0), progress=not quiet, **inputs.train_arguments(),
     )
     resumed = f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else ""
     click.echo(f"student {name}: {result.out_dir / MODEL}{resumed}, {result.metrics['samples_per_second']:.0f} images/s")

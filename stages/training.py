@@ -60,6 +60,6 @@ def train_config_from(section: Section) -> TrainConfig:
     return TrainConfig(**_dataclass_from(section, TrainConfig, IO_KEYS), optim=optim, distillation=distillation)
 
 
-def images_memory_bytes(section: Section) -> int:
-    """`images_memory_gb` of a training section in bytes: decoded images up to this size stay in memory."""
-    return int(section.get("images_memory_gb", float, 2.0) * (1 << 30))
+def memory_budget_bytes(section: Section, key: str, default_gb: float) -> int:
+    """A memory budget of a training section (`targets_memory_gb`, `images_memory_gb`) in bytes."""
+    return int(section.get(key, float, default_gb) * (1 << 30))
