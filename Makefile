@@ -37,7 +37,7 @@ $(VENV)/.installed-$(EXTRA)-test: $(VENV)/.installed-$(EXTRA)
 	touch $@
 
 run: setup
-	dvc repro
+	facekd repro
 	facekd results
 
 test: setup-test

@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate:evaluate",
     "make-bin": "stages.evaluate:make_bin",
     "results": "stages.results:results",
+    "repro": "stages.repro:repro",
     "ablation": "stages.ablation:ablation",
 }
 

@@ -64,12 +64,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_runs_everything_then_nothing_then_only_the_changed_student(project: Path) -> None:
-    first = run([sys.executable, "-m", "dvc", "repro"], project)
+    facekd = str(Path(sys.executable).parent / "facekd")
+    first = run([facekd, "repro"], project)  # what `make run` calls: dvc repro + a stage time table
     expected = {
         "synth", "verification", "teacher", "embed", "index", "mine", "evaluate_teacher",
         "train@alone", "train@distilled", "evaluate@alone", "evaluate@distilled",
     }
     assert ran_stages(first) == expected
+    table = first[first.index("stage times on"):]
+    assert all(re.search(rf"\n  {re.escape(stage)} +\d+\.\d s", table) for stage in expected), table
     for path in ("data/store/teacher_embeddings.h5", "data/pairs/pairs.h5", "data/students/distilled/model.onnx",
                  "data/eval/teacher/metrics.json", "data/eval/distilled/metrics.json", "data/eval/heldout.bin"):
         assert (project / path).is_file(), path
@@ -92,7 +95,7 @@ def test_repro_runs_everything_then_nothing_then_only_the_changed_student(projec
 
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show"], project)
     assert "data/eval/distilled/metrics.json" in metrics and "accuracy" in metrics
-    results = run([str(Path(sys.executable).parent / "facekd"), "results"], project)
+    results = run([facekd, "results"], project)
     assert "verification on heldout" in results and (project / "data/report/roc_heldout.png").is_file()
 
 
