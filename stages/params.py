@@ -83,4 +83,6 @@ def preprocessing_from(section: Section) -> "Preprocessing":
     """A teacher's `Preprocessing` from a section with channel_order, mean and std."""
     from pipeline.teacher import Preprocessing
 
-    return Preprocessing(section.choice("channel_order", ("rgb", "bgr")), section.get("mean", float), section.get("std", float))
+    return Preprocessing(
+        section.choice("channel_order", ("rgb", "bgr")), section.get("mean", float), section.positive("std", float)
+    )

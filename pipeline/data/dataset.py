@@ -83,5 +83,9 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError:  # its message names only the in-memory buffer
+        raise CorruptImageError(
+            f"{source}: cannot decode image (not a known image format; {len(data)} bytes starting {data[:8]!r})"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as error:
         raise CorruptImageError(f"{source}: cannot decode image ({error})") from None

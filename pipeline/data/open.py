@@ -11,15 +11,20 @@ DATASET_FORMATS = ("auto", "image_folder", "recordio")
 
 
 def open_dataset(path: str | Path, dataset_format: str = "auto") -> FaceDataset:
-    """`auto` picks RecordIO when `path` is a .rec file or a folder holding train.rec."""
+    """`auto` picks RecordIO when `path` is a .rec file (any case) or a folder holding train.rec."""
     path = Path(path)
     if dataset_format not in DATASET_FORMATS:
         raise FacekdError(f"dataset format is {dataset_format!r}; expected one of {', '.join(DATASET_FORMATS)}")
     if not path.exists():
         raise FacekdError(f"{path}: dataset not found")
-    rec_path = path if path.suffix == ".rec" else path / "train.rec"
+    rec_path = path if path.suffix.lower() == ".rec" else path / "train.rec"
     if dataset_format == "recordio" or (dataset_format == "auto" and rec_path.is_file()):
         from pipeline.data.recordio import RecordIODataset
 
-        return RecordIODataset(rec_path, rec_path.with_suffix(".idx"))
+        return RecordIODataset(rec_path)
+    if path.is_file():
+        raise FacekdError(
+            f"{path}: is a file; expected a dataset folder (one sub-folder of images per identity, "
+            "or train.rec + train.idx) or a .rec file"
+        )
     return ImageFolderDataset(path)

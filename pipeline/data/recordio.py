@@ -47,7 +47,7 @@ class RecordIODataset(FaceDataset):
         self._file = None
         self._file_pid = None
         self.rec_path = Path(rec_path).resolve()  # absolute: dask workers may run elsewhere
-        self.idx_path = Path(idx_path).resolve() if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self.idx_path = Path(idx_path).resolve() if idx_path is not None else default_idx_path(self.rec_path)
         for path, what in ((self.rec_path, "RecordIO data file"), (self.idx_path, "RecordIO index file")):
             if not path.is_file():
                 raise FacekdError(f"{path}: {what} does not exist (expected an insightface train.rec + train.idx pair)")
@@ -204,6 +204,11 @@ class RecordIODataset(FaceDataset):
             f"{self._offsets[record]}:{extent_ends[self._offsets[record]] - self._offsets[record]}".encode()
             for record in self._records
         ]
+
+
+def default_idx_path(rec_path: Path) -> Path:
+    """The index next to a .rec file, its suffix in the same case (train.rec -> train.idx, LFW.REC -> LFW.IDX)."""
+    return rec_path.with_suffix(".IDX" if rec_path.suffix.isupper() else ".idx")
 
 
 def read_idx(idx_path: Path) -> dict[int, int]:

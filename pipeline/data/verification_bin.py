@@ -2,7 +2,7 @@
 
 A `.bin` is a pickle of `(images, issame)`: 2N encoded images and N same/not-same flags; pair k is
 images 2k and 2k+1. Pickles can run code when loaded, so they are read with an unpickler that
-resolves no globals except three harmless stand-ins (see `_SafeUnpickler`).
+resolves no globals except a few harmless stand-ins (see `_ADMITTED_GLOBALS`).
 """
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ class VerificationPairs:
         return decode_image(self.images[index], f"{self.origin}: image {index} (pair {index // 2})")
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global or numpy dtype that a verification .bin may not name."""
+
+
 class _NumpyBoolDtype:
     """Stands in for `numpy.dtype("b1")` while unpickling; its pickled state (byte order etc.) does not matter."""
 
@@ -45,7 +49,7 @@ class _NumpyBoolDtype:
 
 def _numpy_dtype(spec: object, align: object = False, copy: object = True) -> _NumpyBoolDtype:
     if spec not in ("b1", b"b1"):
-        raise pickle.UnpicklingError(f"numpy dtype {spec!r} (only the bool dtype 'b1' is admitted)")
+        raise _Refused(f"numpy dtype {spec!r}")
     return _NumpyBoolDtype()
 
 
@@ -53,6 +57,48 @@ def _numpy_scalar(dtype: object, data: object = None) -> bool:
     if not isinstance(dtype, _NumpyBoolDtype) or data not in (b"\x00", b"\x01"):
         raise pickle.UnpicklingError(f"numpy scalar {data!r} (only numpy bools are admitted)")
     return data == b"\x01"
+
+
+class _NumpyBoolArray:
+    """Stands in for `numpy.ndarray` while unpickling: only a 1-D bool array becomes its `values`."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, dtype=bool)
+
+    def __setstate__(self, state: object) -> None:
+        # ndarray's pickled state: (version, shape, dtype, is_fortran, raw data)
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError(f"numpy array state {state!r:.80} (expected 5 fields)")
+        _, shape, dtype, _, data = state
+        self.values = _bool_values(data, dtype, shape)
+
+
+def _bool_values(data: object, dtype: object, shape: object) -> np.ndarray:
+    """The flags of a pickled 1-D numpy bool array, checked: one byte, 0 or 1, per flag."""
+    if not isinstance(dtype, _NumpyBoolDtype):
+        raise pickle.UnpicklingError(f"numpy array of dtype {dtype!r} (only bool arrays are admitted)")
+    if not (isinstance(shape, tuple) and len(shape) == 1 and isinstance(shape[0], int)):
+        raise pickle.UnpicklingError(f"numpy array of shape {shape!r} (only 1-D bool arrays are admitted)")
+    if not isinstance(data, (bytes, bytearray)) or len(data) != shape[0]:
+        raise pickle.UnpicklingError(f"numpy bool array data {data!r:.80} (expected {shape[0]} bytes)")
+    values = np.frombuffer(data, dtype=np.uint8)
+    if (values > 1).any():
+        raise pickle.UnpicklingError("numpy bool array holds bytes other than 0 and 1")
+    return values.astype(bool)
+
+
+def _numpy_reconstruct(cls: object, shape: object, typecode: object) -> _NumpyBoolArray:
+    """Stands in for `numpy._core.multiarray._reconstruct`: an empty array, filled by its pickled state."""
+    if cls is not _NumpyBoolArray or shape != (0,) or typecode != b"b":
+        raise pickle.UnpicklingError(f"numpy _reconstruct{(cls, shape, typecode)!r} (only plain arrays are admitted)")
+    return _NumpyBoolArray()
+
+
+def _numpy_frombuffer(data: object, dtype: object, shape: object, order: object) -> _NumpyBoolArray:
+    """Stands in for `numpy._core.numeric._frombuffer` (numpy's pickle protocol 5)."""
+    array = _NumpyBoolArray()
+    array.values = _bool_values(data, dtype, shape)
+    return array
 
 
 def _latin1_bytes(text: object, encoding: object) -> bytes:
@@ -63,13 +109,19 @@ def _latin1_bytes(text: object, encoding: object) -> bytes:
     return text.encode("latin1")
 
 
-# The only globals a .bin may name. Real files hold numpy bools as issame flags, and Python 3 pickles
-# written with protocol 2 spell bytes as `_codecs.encode(text, "latin1")`. Each stand-in checks its
-# arguments and can build nothing but a bool or bytes.
+# The only globals a .bin may name. Real files hold issame flags as numpy bools or a numpy bool array
+# (pickled by numpy 1.x from `numpy.core`, by numpy 2 from `numpy._core`), and Python 3 pickles written
+# with protocol 2 spell bytes as `_codecs.encode(text, "latin1")`. Each stand-in checks its arguments
+# and can build nothing but a bool, a 1-D bool array or bytes.
 _ADMITTED_GLOBALS = {
     ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "ndarray"): _NumpyBoolArray,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("_codecs", "encode"): _latin1_bytes,
 }
 
@@ -77,18 +129,14 @@ _ADMITTED_GLOBALS = {
 class _SafeUnpickler(pickle.Unpickler):
     """Builds only what pickle opcodes build themselves (bytes, str, lists, tuples, bools, ints, ...)."""
 
-    def __init__(self, file, path: Path) -> None:
+    def __init__(self, file) -> None:
         # Python 2 wrote images as `str`; encoding="bytes" turns them into bytes rather than failing.
         super().__init__(file, encoding="bytes")
-        self.path = path
 
     def find_class(self, module: str, name: str):
         stand_in = _ADMITTED_GLOBALS.get((module, name))
         if stand_in is None:
-            raise FacekdError(
-                f"{self.path}: refused to load global {module}.{name} (a verification .bin may hold only "
-                "bytes, lists, tuples and bools; this file is not one, and loading it could run code)"
-            )
+            raise _Refused(f"global {module}.{name}")
         return stand_in
 
 
@@ -97,9 +145,14 @@ def load_bin(path: str | os.PathLike[str]) -> VerificationPairs:
     path = Path(path)
     try:
         with open(path, "rb") as file:
-            content = _SafeUnpickler(file, path).load()
+            content = _SafeUnpickler(file).load()
     except OSError as error:
         raise FacekdError(f"{path}: cannot read verification .bin ({error.strerror})") from None
+    except _Refused as error:
+        raise FacekdError(
+            f"{path}: refused to load {error} (a verification .bin may hold only bytes, lists, tuples, bools and "
+            "1-D numpy bool arrays; this file is not one, and loading it could run code)"
+        ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             UnicodeDecodeError, OverflowError) as error:
         raise FacekdError(f"{path}: not a readable verification .bin pickle ({error})") from None
@@ -108,10 +161,12 @@ def load_bin(path: str | os.PathLike[str]) -> VerificationPairs:
 
 
 def _check_layout(content: object, path: Path) -> tuple[list[bytes], np.ndarray]:
-    if not (isinstance(content, (tuple, list)) and len(content) == 2
-            and all(isinstance(part, (tuple, list)) for part in content)):
+    if not (isinstance(content, (tuple, list)) and len(content) == 2 and isinstance(content[0], (tuple, list))
+            and isinstance(content[1], (tuple, list, _NumpyBoolArray))):
         raise FacekdError(f"{path}: expected a pickled pair (list of encoded images, list of same/not-same bools)")
     images, flags = content
+    if isinstance(flags, _NumpyBoolArray):
+        flags = flags.values.tolist()
     if len(images) != 2 * len(flags):
         raise FacekdError(
             f"{path}: {len(images)} images for {len(flags)} same/not-same flags (expected 2 images per pair)"
@@ -240,8 +295,8 @@ def load_pair_list(path: str | os.PathLike[str], root: str | os.PathLike[str]) -
 
 
 def load_pair_set(path: str | os.PathLike[str]) -> VerificationPairs:
-    """A `.bin` file, or a pair list whose image paths are relative to the list's own folder."""
+    """A `.bin` file (suffix in any case), or a pair list whose image paths are relative to the list's own folder."""
     path = Path(path)
-    if path.suffix == ".bin":
+    if path.suffix.lower() == ".bin":
         return load_bin(path)
     return load_pair_list(path, path.parent)

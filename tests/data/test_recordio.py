@@ -195,8 +195,10 @@ def test_corrupt_jpeg_names_the_record(tmp_path):
     write_recordio(rec_path, idx_path, [(1, RED), (2, b"this is not a jpeg")])
     dataset = RecordIODataset(rec_path)
     assert dataset.load(0).shape == (6, 8, 3)
-    with pytest.raises(CorruptImageError, match=r"train.rec record 2 \(offset \d+\): cannot decode image"):
+    with pytest.raises(CorruptImageError, match=r"train.rec record 2 \(offset \d+\): cannot decode image") as error:
         dataset.load(1)
+    assert "not a known image format; 18 bytes starting b'this is '" in str(error.value)
+    assert "BytesIO" not in str(error.value)
 
 
 def test_writer_rejects_labels_float32_cannot_hold(tmp_path):
@@ -227,3 +229,12 @@ def test_open_dataset_finds_an_insightface_folder_and_embed_reads_it(tmp_path, t
     embed_dataset(dataset, TeacherConfig(str(tiny_teacher)), tmp_path / "s.h5", workers=0, progress=False)
     with EmbeddingStore(tmp_path / "s.h5") as store:
         assert store.provenance["dataset_kind"] == "recordio" and store.keys == dataset.keys
+
+
+def test_open_dataset_matches_the_rec_suffix_in_any_case(tmp_path):
+    from pipeline.data.open import open_dataset
+
+    write_recordio(tmp_path / "FACES.REC", tmp_path / "FACES.IDX", [(1, RED), (2, GREEN)])
+    dataset = open_dataset(tmp_path / "FACES.REC")
+    assert isinstance(dataset, RecordIODataset) and dataset.idx_path.name == "FACES.IDX"
+    assert dataset.labels.tolist() == [0, 1] and dataset.load(1).shape == (6, 8, 3)

@@ -85,6 +85,30 @@ def test_load_bin_admits_numpy_bool_flags(tmp_path, protocol):
     assert pairs.issame.tolist() == [True, False]
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_load_bin_admits_a_numpy_bool_array_of_flags(tmp_path, protocol):
+    # insightface's scripts pickle (bins, issame_list) with issame_list often a numpy bool array;
+    # protocols 2-4 spell it numpy._core.multiarray._reconstruct + numpy.ndarray, protocol 5 _frombuffer.
+    images = [encoded_image(color) for color in COLORS]
+    path = tmp_path / "calfw.bin"
+    path.write_bytes(pickle.dumps((images, np.array([True, False])), protocol=protocol))
+
+    pairs = load_bin(path)
+    assert pairs.images == images
+    assert pairs.issame.dtype == bool and pairs.issame.tolist() == [True, False]
+
+
+def test_load_bin_admits_a_numpy_bool_array_pickled_by_numpy_1(tmp_path):
+    # numpy 1.x wrote the same opcodes, naming numpy.core instead of numpy._core.
+    images = [encoded_image(color) for color in COLORS]
+    numpy_2 = pickle.dumps((images, np.array([False, True])), protocol=2)
+    assert numpy_2.count(b"numpy._core.multiarray\n_reconstruct") == 1  # protocol 2: text GLOBAL opcodes
+    path = tmp_path / "cplfw.bin"
+    path.write_bytes(numpy_2.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
+    assert load_bin(path).issame.tolist() == [False, True]
+
+
 class RunsShellCommand:
     def __init__(self, command: str) -> None:
         self.command = command
@@ -105,14 +129,16 @@ def test_load_bin_refuses_a_pickle_that_would_run_code(tmp_path):
     with pytest.raises(FacekdError) as error:
         load_bin(path)
     assert str(path) in str(error.value)
-    assert f"{os.system.__module__}.system" in str(error.value)
+    assert f"refused to load global {os.system.__module__}.system" in str(error.value)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize(
     "content, refused",
     [
-        (([b"a", b"b"], np.array([True])), "_reconstruct"),  # numpy arrays are not admitted, only bool scalars
+        (([b"a", b"b"], np.array([True, "x"], dtype=object)), "numpy dtype 'O8'"),  # could hold any object
+        (([b"a", b"b"], np.array([1])), "numpy dtype 'i8'"),
+        (([b"a", b"b"], np.ma.masked_array([True])), "global numpy.ma.core._mareconstruct"),
         (([b"a", b"b"], [np.float64(1.0)]), "'f8'"),
         (([b"a", b"b"], [eval]), "builtins.eval"),
     ],
@@ -122,7 +148,21 @@ def test_load_bin_refuses_other_globals(tmp_path, content, refused):
     path.write_bytes(pickle.dumps(content, protocol=4))
     with pytest.raises(FacekdError, match=refused) as error:
         load_bin(path)
-    assert str(path) in str(error.value)
+    assert str(path) in str(error.value) and "refused to load" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (np.array([[True]]), r"shape \(1, 1\) \(only 1-D bool arrays"),
+        (np.array([2], dtype=np.uint8).view(bool), "bytes other than 0 and 1"),
+    ],
+)
+def test_load_bin_refuses_numpy_bool_arrays_that_are_not_flags(tmp_path, flags, message):
+    path = tmp_path / "odd.bin"
+    path.write_bytes(pickle.dumps(([b"a", b"b"], flags), protocol=4))
+    with pytest.raises(FacekdError, match=message):
+        load_bin(path)
 
 
 def test_load_bin_refuses_codecs_encode_other_than_latin1(tmp_path):
