@@ -24,7 +24,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
     from pipeline.train import train
     from stages.evaluate import open_model, pair_sets
     from stages.train import merged_section, training_inputs
-    from stages.training import memory_budget_bytes, train_config_from
+    from stages.training import compile_where_safe, memory_budget_bytes, train_config_from
 
     section = load_section(params_path, section_name)
     rows = section.get("rows", dict)
@@ -39,6 +39,7 @@ def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: 
         if unknown:
             raise click.ClickException(f"{params_path}: {section_name}.rows has no rows {unknown}")
         configs = {name: configs[name] for name in only_rows.split(",")}
+    configs = dict(zip(configs, compile_where_safe(list(configs.values()), inputs.dataset, inputs.usable)))
     evaluation = load_section(params_path, "evaluate")
     pair_set_name, pairs = next(iter(pair_sets(evaluation).items()))
     folds = evaluation.positive("folds")
