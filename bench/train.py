@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.models import build_backbone, count_multiply_adds
 from pipeline.sampler import PairBatchSampler, RandomBatchSampler
-from pipeline.train import StudentModel, collate_training_batch
+from pipeline.train import CHECKPOINT, StudentModel, collate_training_batch
 from pipeline.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 from stages.params import load_section
 from stages.train import student_section, training_inputs
@@ -136,7 +137,7 @@ def main() -> None:
 
     teacher_section = load_section(args.params, "teacher")
     teacher_config = train_config_from(teacher_section)
-    checkpoint = torch.load(Path(teacher_section.get("out", str)) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(Path(teacher_section.get("out", str)) / CHECKPOINT)
     teacher = build_backbone(teacher_config.backbone, teacher_config.embedding_dim, size, teacher_config.width)
     teacher.load_state_dict({k.removeprefix("backbone."): v for k, v in checkpoint["model"].items() if k.startswith("backbone.")})
     teacher.eval()

@@ -16,6 +16,7 @@ import onnx
 from PIL import Image
 
 from pipeline.errors import FacekdError
+from pipeline.onnx_model import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,8 @@ def load_teacher_graph(path: str | Path) -> TeacherGraph:
     """Read, repair and validate an ONNX face model; errors name the model and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise FacekdError(f"{path}: teacher model not found")
-    try:
-        model = onnx.load(str(path), load_external_data=True)
-    except Exception as error:  # onnx raises DecodeError, OSError, ... for non-models
-        raise FacekdError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+        raise FacekdError(f"model not found: {path}")
+    model = load_onnx(path)
     repairs = _repair_graph(model)
     graph = model.graph
     if len(graph.input) != 1:

@@ -28,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.data.dataset import FaceDataset
 from pipeline.distill import DistillationConfig, Distiller
 from pipeline.errors import FacekdError
 from pipeline.files import write_text_atomically, written_atomically
 from pipeline.losses import margin_head
 from pipeline.models import build_backbone
-from pipeline.models.export import check_onnx_matches, export_onnx
+from pipeline.models.export import export_onnx
 from pipeline.sampler import PairBatchSampler, RandomBatchSampler
 from pipeline.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 
@@ -63,8 +64,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("poly", "step"):
             raise FacekdError(f"learning-rate schedule is {self.schedule!r}; expected 'poly' or 'step'")
-        if self.lr <= 0:
-            raise FacekdError(f"learning rate is {self.lr}; expected a positive number")
+        if not 0 < self.lr < math.inf:  # also refuses NaN, which would pass `lr <= 0`
+            raise FacekdError(f"learning rate is {self.lr}; expected a positive finite number")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class TrainConfig:
     margin_scale: float = 64.0
     margin_value: float | None = None  # None: 0.5 for ArcFace, 0.35 for CosFace
     margin_weight: float = 1.0  # 0: no margin head (e.g. the AdaArcDistill row)
+    margin_sample_rate: float = 1.0  # < 1: Partial FC, the softmax over this fraction of the class centres
     epochs: int = 10
     batch_size: int = 256  # global, over all ranks
     seed: int = 0
@@ -83,17 +85,27 @@ class TrainConfig:
     flip: bool = True
     num_workers: int = 0
     threads: int = 0  # torch intra-op threads per process; 0: torch's default
-    compile: bool = False  # torch.compile the backbone: ~1.8x faster iResNet steps on CPU after ~1 min
+    compile: bool = False  # torch.compile the backbone: ~1.8x faster on CPU; stages probe first that it is safe
     optim: OptimConfig = field(default_factory=OptimConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "pairs"):
             raise FacekdError(f"sampler is {self.sampler!r}; expected 'random' or 'pairs'")
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise FacekdError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be positive")
+        if self.epochs <= 0:
+            raise FacekdError(f"epochs is {self.epochs}; expected a positive int")
+        if self.batch_size < 2:
+            raise FacekdError(
+                f"batch_size is {self.batch_size}; expected at least 2 (BatchNorm needs 2 or more samples per rank per step)"
+            )
+        if self.sampler == "pairs" and self.batch_size % 2:
+            raise FacekdError(
+                f"batch_size is {self.batch_size}; the pairs sampler needs an even batch (anchor, partner, ...)"
+            )
         if self.margin_weight <= 0 and not self.distillation.uses_teacher:
             raise FacekdError("margin_weight is 0 and no distillation term is set: nothing to train")
+        if not 0 < self.margin_sample_rate <= 1:
+            raise FacekdError(f"margin_sample_rate is {self.margin_sample_rate}; expected a fraction in (0, 1]")
 
     def fingerprint(self) -> str:
         """Identifies the settings and the library code a checkpoint was made with.
@@ -132,7 +144,10 @@ class StudentModel(nn.Module):
         super().__init__()
         self.backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width)
         self.head = (
-            margin_head(config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value)
+            margin_head(
+                config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value,
+                config.margin_sample_rate, config.seed,
+            )
             if config.margin_weight > 0 else None
         )
         self.margin_weight = config.margin_weight
@@ -185,24 +200,34 @@ def run_fingerprint(
         digest.update(targets.store_hash.encode())
     for array in (pair_offsets, pair_partners):
         if array is not None:
-            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+            _hash_int64(digest, array)
     return digest.hexdigest()
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint at `path`, or None (with a warning) when there is none or it cannot be read."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a damaged or foreign file: training restarts rather than failing
-        log.warning("%s cannot be read (%s); training from scratch", path, error)
-        return None
+def _hash_int64(digest: Any, array: np.ndarray, chunk: int = 1 << 22) -> None:
+    """Feed a 1-D `array` into `digest` as native int64 bytes, a chunk at a time.
+
+    Gives the digest of `astype(int64).tobytes()` (the fingerprints of existing checkpoints stay
+    valid) without a full copy of a pair table that can hold billions of entries.
+    """
+    for start in range(0, len(array), chunk):
+        digest.update(memoryview(np.ascontiguousarray(array[start:start + chunk], dtype=np.int64)))
 
 
-def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    with written_atomically(path) as temporary:
-        torch.save(payload, temporary)
+def non_finite_loss_message(
+    dataset: FaceDataset, terms: dict[str, Tensor], batch_targets: Tensor, indices: Tensor, epoch: int, step: int,
+    global_step: int,
+) -> str:
+    """Why a step's loss is not finite: bad teacher targets, the loss settings, or (only then) the learning rate."""
+    bad_terms = [name for name, value in terms.items() if not math.isfinite(value.item())]
+    where = f"the loss became non-finite at epoch {epoch + 1}, step {step} (terms {', '.join(bad_terms)})"
+    bad_targets = indices[~torch.isfinite(batch_targets).all(dim=1)].tolist()
+    if bad_targets:
+        sources = ", ".join(dataset.source(index) for index in bad_targets[:5])
+        return f"{where}: the teacher embeddings of {len(bad_targets)} samples ({sources}) are not finite; embed the store again"
+    if global_step == 0:
+        return f"{where} before any update, on finite inputs: check margin_scale and the distillation weights"
+    return f"{where} on finite inputs; lower the learning rate"
 
 
 def collate_training_batch(items: list[tuple[Tensor, int, int, bool, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -263,7 +288,7 @@ def train(
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT
     history: list[dict[str, float]] = []
-    checkpoint = _load_checkpoint(checkpoint_path, device)
+    checkpoint = load_checkpoint(checkpoint_path, device)
     if checkpoint is not None:
         if checkpoint.get("run_fingerprint") == fingerprint and checkpoint["world_size"] == world_size:
             model.load_state_dict(checkpoint["model"])
@@ -300,12 +325,19 @@ def train(
             embeddings, terms = trained(images, labels, batch_targets, indices, epoch + step / steps_per_epoch)
             loss = sum(terms.values())
             if not math.isfinite(loss.item()):
-                raise FacekdError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate")
+                raise FacekdError(non_finite_loss_message(dataset, terms, batch_targets, indices, epoch, step, global_step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.clip_grad_norm > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
             optimizer.step()
+            weight_norm = nn.utils.get_total_norm(model.parameters())  # NaN, or inf once a weight passes ~1e19
+            if not torch.isfinite(weight_norm):
+                raise FacekdError(
+                    f"the weights diverged in the update of epoch {epoch + 1}, step {step} (their norm became "
+                    f"{weight_norm.item()}; loss {loss.item():.4g} on finite inputs, learning rate {lr:.3g}); "
+                    "lower optim.lr. Nothing of this epoch was saved"
+                )
             if model.distiller is not None:
                 model.distiller.remember(embeddings.detach(), batch_targets, labels, indices)
             for name, value in terms.items():
@@ -324,7 +356,7 @@ def train(
             | {name: value / steps_per_epoch for name, value in sums.items()}
         )
         if rank == 0:
-            _save_atomically(
+            save_checkpoint(
                 {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng_state": torch.get_rng_state(), "history": history, "world_size": world_size,
@@ -350,8 +382,7 @@ def train(
         # A fresh, uncompiled copy of the backbone is what gets exported.
         backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width).to(device)
         backbone.load_state_dict(model.backbone.state_dict())
-        export_onnx(backbone, out_dir / MODEL, input_size)
-        check_onnx_matches(backbone, out_dir / MODEL, input_size)
+        export_onnx(backbone, out_dir / MODEL, input_size)  # checked before it appears under its name
         write_text_atomically(out_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if dist.is_initialized():
         dist.destroy_process_group()

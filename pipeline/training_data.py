@@ -180,13 +180,17 @@ def load_training_inputs(
 ) -> TrainingInputs:
     """The store's targets and usable rows, and the mined pairs (when `pairs_path` is given).
 
-    Refuses a store built from another dataset and a pair table mined from another store.
+    Refuses a store built from another dataset, a pair table mined from another store, and
+    targets with NaN or infinite rows (an edited or damaged store): training on them would fail
+    much later, with a loss that seems to blame the learning rate.
     """
     from pipeline.mining import PairTable
-    from pipeline.store import EmbeddingStore
+    from pipeline.store import EmbeddingStore, check_finite_rows
 
     with EmbeddingStore(store_path) as store:
         store.check_matches({"dataset_kind": dataset.kind, "dataset_fingerprint": dataset.fingerprint()})
+        if load_targets:
+            check_finite_rows(store)
         inputs = TrainingInputs(dataset, np.flatnonzero(~store.skipped), store.provenance_hash)
         if pairs_path is not None:
             with PairTable(pairs_path) as pairs:

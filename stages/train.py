@@ -53,11 +53,12 @@ def training_inputs(section: Section, configs: list["TrainConfig"]) -> "Training
 def train(params_path: str, name: str, quiet: bool) -> None:
     """Train one student from the cached teacher embeddings (and mined pairs); export it to ONNX."""
     from pipeline.train import MODEL, train as train_student
-    from stages.training import memory_budget_bytes, train_config_from
+    from stages.training import compile_where_safe, memory_budget_bytes, train_config_from
 
     section = student_section(params_path, name)
     config = train_config_from(section)
     inputs = training_inputs(section, [config])
+    (config,) = compile_where_safe([config], inputs.dataset, inputs.usable)
     result = train_student(
         config, inputs.dataset, Path(section.get("out_root", str)) / name,
         images_memory_bytes=memory_budget_bytes(section, "images_memory_gb", 2.0), progress=not quiet, **inputs.train_arguments(),

@@ -1,5 +1,7 @@
 """Stage two with real components: images, a store from a real ONNX teacher, real training and export."""
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,14 +16,16 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.distill import DistillationConfig
 from pipeline.embed import TeacherConfig, embed_dataset
 from pipeline.errors import FacekdError
 from pipeline.sampler import RandomBatchSampler
 from pipeline.teacher import OnnxTeacher
-from pipeline.train import CHECKPOINT, METRICS, MODEL, OptimConfig, TrainConfig, learning_rate, train
+from pipeline.train import CHECKPOINT, METRICS, MODEL, OptimConfig, TrainConfig, _hash_int64, learning_rate, train
 from pipeline.training_data import TeacherTargets, decode_in_memory
+from tests.conftest import write_face_folder
 
 # Scripts run in subprocesses import this module (tests.test_train) from the repository root.
 REPO_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -52,7 +56,7 @@ def test_learning_rate_schedules() -> None:
 def test_student_trains_and_exports_a_matching_onnx(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
     dataset = ImageFolderDataset(face_folder)
     result = train(TINY_STUDENT, dataset, tmp_path / "student", targets=TeacherTargets(tiny_store), progress=False)
-    history = torch.load(tmp_path / "student" / CHECKPOINT, weights_only=False)["history"]
+    history = read_checkpoint(tmp_path / "student" / CHECKPOINT)["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert {"margin", "iled", "rpsd", "loss"} <= set(history[0])
     assert history[-1]["loss"] < history[0]["loss"], "training did not reduce the loss"
@@ -111,7 +115,7 @@ def test_kill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
     assert process.poll() is None, "training finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert torch.load(out / CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert read_checkpoint(out / CHECKPOINT)["epoch"] == 1
     assert not (out / MODEL).exists()
 
     dataset = ImageFolderDataset(face_folder)
@@ -119,8 +123,8 @@ def test_kill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
     assert resumed.resumed_from_epoch == 1
     uninterrupted = train(TINY_STUDENT, dataset, tmp_path / "whole", targets=TeacherTargets(tiny_store), progress=False)
     assert uninterrupted.resumed_from_epoch == 0
-    final = torch.load(out / CHECKPOINT, weights_only=False)["model"]
-    reference = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=False)["model"]
+    final = read_checkpoint(out / CHECKPOINT)["model"]
+    reference = read_checkpoint(tmp_path / "whole" / CHECKPOINT)["model"]
     assert final.keys() == reference.keys()
     for name in reference:
         assert torch.equal(final[name], reference[name]), f"{name} differs after resuming"
@@ -171,7 +175,7 @@ def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, fac
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = tmp_path / "students" / "ddp"
-    checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
+    checkpoint = read_checkpoint(out / CHECKPOINT)
     assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 2
     bank_indices = sorted(checkpoint["model"]["distiller.memory.dataset_indices"].tolist())
     usable = np.arange(42)
@@ -202,8 +206,8 @@ def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
         replace(one_epoch, num_workers=2), dataset, tmp_path / "mapped", targets=mapped, images_memory_bytes=0,
         progress=False,
     )
-    reference = torch.load(tmp_path / "memory" / CHECKPOINT, weights_only=False)["model"]
-    workers = torch.load(tmp_path / "mapped" / CHECKPOINT, weights_only=False)["model"]
+    reference = read_checkpoint(tmp_path / "memory" / CHECKPOINT)["model"]
+    workers = read_checkpoint(tmp_path / "mapped" / CHECKPOINT)["model"]
     for name in reference:
         assert torch.equal(reference[name], workers[name]), name
 
@@ -262,3 +266,45 @@ def test_cli_train_reports_unknown_students_and_keys(tmp_path: Path, face_folder
     assert missing.exit_code == 1 and "students has no student 'nobody' (known: ddp)" in missing.output
     typo = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp"])
     assert typo.exit_code == 1 and "unknown keys ['rpsd_bank']" in typo.output and "Traceback" not in typo.output
+
+
+def test_pair_table_hash_in_chunks_equals_the_whole_copy() -> None:
+    partners = np.random.default_rng(0).integers(0, 1 << 40, 1001)
+    for array in (partners, partners.astype(np.int32), partners[::2]):
+        chunked, whole = hashlib.sha256(), hashlib.sha256()
+        _hash_int64(chunked, array, chunk=64)
+        whole.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        assert chunked.hexdigest() == whole.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("student", "message"),
+    [
+        ({"batch_size": 1}, r"students\.ddp: batch_size is 1; expected at least 2 \(BatchNorm needs 2 or more samples"),
+        ({"batch_size": 7, "sampler": "pairs"}, r"students\.ddp: batch_size is 7; the pairs sampler needs an even batch"),
+    ],
+)
+def test_cli_train_refuses_a_batch_too_small_or_odd(tmp_path: Path, face_folder: Path, student: dict, message: str) -> None:
+    from click.testing import CliRunner
+
+    from stages.cli import cli
+
+    params = _student_params(tmp_path, face_folder, tmp_path / "unused.h5", **student)
+    result = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {params}: ") and re.search(message, result.output), result.output
+
+
+def test_partial_fc_draws_are_seeded_and_checkpointed(tmp_path: Path) -> None:
+    """Partial FC's class draws follow the seed and the step counter saved with the weights, so a
+    resumed run (which loads them) draws what the uninterrupted run drew."""
+    faces = write_face_folder(tmp_path / "faces", identities=20, images=2)
+    config = TrainConfig(
+        backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=2, batch_size=8, threads=1,
+        margin_sample_rate=0.5, optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
+    )
+    for run in ("first", "second"):
+        train(config, ImageFolderDataset(faces), tmp_path / run, progress=False)
+    first, second = (read_checkpoint(tmp_path / run / CHECKPOINT)["model"] for run in ("first", "second"))
+    assert int(first["head.step"]) == 2 * (40 // 8)
+    assert all(torch.equal(first[name], second[name]) for name in first)

@@ -1,7 +1,8 @@
 """Export a backbone to ONNX, and prove the file computes what the PyTorch model computes.
 
-The exported file is what the teacher stage (ONNX Runtime) loads, so it is written atomically
-and checked against eager PyTorch at a batch size other than the one it was traced with.
+The exported file is what the teacher stage (ONNX Runtime) loads, so it is written under a
+temporary name, checked (finite weights, finite outputs equal to eager PyTorch's at a batch size
+other than the traced one) and only then renamed: a model that fails the check never appears.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Iterator
 import numpy as np
 import onnxruntime
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from pipeline.errors import FacekdError
 from pipeline.files import written_atomically
 from pipeline.models import eval_mode
+from pipeline.onnx_model import load_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +50,28 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, opset: int = 18) -> None:
     """Write `model` (in eval mode) to one self-contained ONNX file with a dynamic batch dimension.
 
-    The file appears under `path` only once complete: it is written to a sibling temporary name
-    and renamed, so a crash never leaves a truncated model that looks finished.
+    The file appears under `path` only once complete and checked by `check_onnx_matches`: it is
+    written to a sibling temporary name and renamed, so neither a crash nor a diverged model
+    (non-finite weights or outputs) leaves a model at `path` that looks finished.
     """
     device = next(model.parameters()).device
     example = torch.zeros(TRACE_BATCH_SIZE, 3, input_size, input_size, device=device)
-    # The exporter warns about torchvision ops and its own deprecations; none concern our models.
-    with written_atomically(path) as partial_path, eval_mode(model), torch.no_grad(), warnings.catch_warnings(), \
-            _quiet(EXPORTER_LOGGERS):
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            partial_path,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            external_data=False,
-            verbose=False,
-        )
+    with written_atomically(path) as partial_path:
+        # The exporter warns about torchvision ops and its own deprecations; none concern our models.
+        with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                partial_path,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+                verbose=False,
+            )
+        check_onnx_matches(model, partial_path, input_size)
     logger.info("exported %s to %s", type(model).__name__, path)
 
 
@@ -78,7 +83,8 @@ def check_onnx_matches(
     rtol: float = 1e-4,
     batch_size: int = TRACE_BATCH_SIZE + 1,
 ) -> None:
-    """Raise FacekdError unless ONNX Runtime on `path` reproduces `model` (eval mode) on a random batch.
+    """Raise FacekdError unless `path` has finite weights and ONNX Runtime on it reproduces `model`
+    (eval mode) on a random batch with finite outputs.
 
     Passes when max |onnx - torch| <= atol + rtol * max |torch|: the tolerance follows the output's
     scale, since un-normalised embeddings can be far from 1 in magnitude. The default batch size
@@ -88,11 +94,21 @@ def check_onnx_matches(
     device = next(model.parameters()).device
     with eval_mode(model), torch.no_grad():
         expected = model(images.to(device)).cpu().numpy()
+    onnx_model = load_onnx(path)
+    for initializer in onnx_model.graph.initializer:
+        weights = numpy_helper.to_array(initializer)
+        if weights.dtype.kind == "f" and not np.isfinite(weights).all():
+            raise FacekdError(f"{path}: weight '{initializer.name}' has non-finite values; expected a finite model")
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
         (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
     except Exception as error:  # onnxruntime's errors derive from Exception only
         raise FacekdError(f"{path}: ONNX Runtime failed on a batch of shape {tuple(images.shape)}: {error}") from error
+    if not np.isfinite(actual).all():
+        raise FacekdError(
+            f"{path}: ONNX output has {int((~np.isfinite(actual)).sum())} non-finite values on a random batch; "
+            "expected finite embeddings"
+        )
     if actual.shape != expected.shape:
         raise FacekdError(f"{path}: ONNX output has shape {actual.shape}, PyTorch gives {expected.shape}")
     max_difference = float(np.abs(actual - expected).max())

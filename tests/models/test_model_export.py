@@ -65,7 +65,7 @@ def test_check_reports_an_unreadable_file(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"not a model")
     model = build_backbone("iresnet18", input_size=16, width=0.25)
-    with pytest.raises(FacekdError, match="broken.onnx: ONNX Runtime failed"):
+    with pytest.raises(FacekdError, match="broken.onnx: not a readable ONNX model"):
         check_onnx_matches(model, path, 16)
 
 
@@ -77,4 +77,20 @@ def test_export_that_crashes_midway_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", write_half_then_crash)
     with pytest.raises(RuntimeError, match="exporter crashed"):
         export_onnx(build_backbone("iresnet18", input_size=16, width=0.25), tmp_path / "model.onnx", 16)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [(float("nan"), r"weight '.*' has non-finite values"), (3e38, "ONNX output has .* non-finite values")],
+    ids=["nan-weight", "output-overflows"],
+)
+def test_a_diverged_model_is_never_published(tmp_path, scale, message):
+    """NaN weights, or finite weights whose outputs overflow: refused, and nothing at the final path."""
+    model = calibrate_batchnorm(build_backbone("mobilefacenet", embedding_dim=64, input_size=INPUT_SIZE, width=0.5))
+    embedding_norm = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)][-1]
+    with torch.no_grad():
+        embedding_norm.weight.fill_(scale)
+    with pytest.raises(FacekdError, match=r"model\.onnx\.partial: " + message):
+        export_onnx(model, tmp_path / "model.onnx", INPUT_SIZE)
     assert list(tmp_path.iterdir()) == []
