@@ -8,6 +8,7 @@ calling process (no dask), which is also the reference the parallel path is test
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -20,7 +21,8 @@ from tqdm import tqdm
 import pipeline
 from pipeline.data.dataset import FaceDataset
 from pipeline.errors import CorruptImageError, FacekdError
-from pipeline.store import EmbeddingStore, StoreWriter, store_is_complete_for
+from pipeline.files import exclusive_writer
+from pipeline.store import EmbeddingStore, StoreWriter, nonfinite_rows, some_keys, store_is_complete_for
 from pipeline.teacher import OnnxTeacher, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,7 @@ def _run_on_dask(
 
 
 def _dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -> Any:
+    """A client of the cluster at `scheduler`, or of a local cluster whose workers leave Ctrl-C to this process."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -160,11 +163,36 @@ def _dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -
             return Client(scheduler, timeout="10s")
         except OSError as error:
             raise FacekdError(f"cannot reach the dask scheduler at {scheduler} ({error})") from None
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-        dashboard_address=None, silence_logs=logging.ERROR,
-    )
+    # Worker processes inherit an ignored SIGINT: Ctrl-C in a terminal reaches the whole process group,
+    # and only this process should react (by stopping the cluster), not every worker with a traceback.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+            dashboard_address=None, silence_logs=logging.CRITICAL,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return Client(cluster)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close the client and a local cluster without the shutdown chatter of distributed's loggers.
+
+    A cluster given by `--scheduler` belongs to the user and keeps running.
+    """
+    cluster = client.cluster
+    quiet = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def embed_dataset(
@@ -186,50 +214,88 @@ def embed_dataset(
     `scheduler`. Each worker's session uses `teacher_config.threads` threads.
     """
     store_path = Path(store_path)
-    in_process = workers == 0 and scheduler is None
-    local_config = replace(teacher_config, threads=0) if in_process else teacher_config
-    teacher = _teacher_session(local_config)
-    provenance = store_provenance(dataset, teacher, dataset_root)
-    if store_is_complete_for(store_path, dict(provenance, embedding_dtype=embedding_dtype)):
-        return EmbedSummary(store_path, True, len(dataset), 0, 0, _count_skipped(store_path))
-    writer = StoreWriter(
-        store_path, provenance, dataset.labels, dataset.keys, dataset.identity_names,
-        teacher.embedding_dim, block_size, embedding_dtype,
-    )
+    with exclusive_writer(store_path):  # before any work: a second writer is refused at once
+        in_process = workers == 0 and scheduler is None
+        local_config = replace(teacher_config, threads=0) if in_process else teacher_config
+        teacher = _teacher_session(local_config)
+        provenance = store_provenance(dataset, teacher, dataset_root)
+        if store_is_complete_for(store_path, dict(provenance, embedding_dtype=embedding_dtype)):
+            return EmbedSummary(store_path, True, len(dataset), 0, 0, _count_skipped(store_path))
+        writer = StoreWriter(
+            store_path, provenance, dataset.labels, dataset.keys, dataset.identity_names,
+            teacher.embedding_dim, block_size, embedding_dtype,
+        )
+        try:
+            write_seconds = _write_blocks(
+                dataset, local_config if in_process else teacher_config, writer, skip_corrupt,
+                in_process, workers, scheduler, progress,
+            )
+            writer.finalize()
+        except KeyboardInterrupt:
+            raise FacekdError(
+                f"{store_path}: interrupted; the finished blocks are kept in {writer.partial.name}: "
+                "run `facekd embed` again to resume"
+            ) from None
+        finally:
+            writer.close()
     resumed = len(writer.resumed_blocks)
-    already_done = sum(stop - start for start, stop in map(writer.layout.bounds, writer.resumed_blocks))
-    bar = tqdm(
-        total=len(dataset), initial=already_done, unit="img", desc=f"embed {store_path.name}",
-        disable=not progress, smoothing=0.1,
-    )
-    client = None
-    try:
-        if in_process:
-            results = _run_in_process(dataset, local_config, writer, skip_corrupt)
-        else:
-            client = _dask_client(workers, teacher_config.threads, scheduler)
-            results = _run_on_dask(dataset, teacher_config, writer, skip_corrupt, client)
-        write_seconds = 0.0
-        for block, (embeddings, skipped) in results:
-            started = time.perf_counter()
-            norms = np.linalg.norm(embeddings, axis=2).astype(np.float32)
-            writer.write_block(block, embeddings.astype(embedding_dtype), norms, skipped)
-            write_seconds += time.perf_counter() - started
-            start, stop = writer.layout.bounds(block)
-            bar.update(stop - start)
-        writer.finalize()
-    finally:
-        bar.close()
-        writer.close()
-        if client is not None:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None:
-                cluster.close()
     return EmbedSummary(
         store_path, False, len(dataset), resumed, writer.layout.num_blocks - resumed, _count_skipped(store_path),
         write_seconds,
     )
+
+
+def _write_blocks(
+    dataset: FaceDataset, config: TeacherConfig, writer: StoreWriter, skip_corrupt: bool,
+    in_process: bool, workers: int, scheduler: str | None, progress: bool,
+) -> float:
+    """Embed the pending blocks (here or on dask) and write each as it finishes; the seconds spent writing."""
+    already_done = sum(stop - start for start, stop in map(writer.layout.bounds, writer.resumed_blocks))
+    bar = tqdm(
+        total=len(dataset), initial=already_done, unit="img", desc=f"embed {writer.path.name}",
+        disable=not progress, smoothing=0.1,
+    )
+    client = None
+    write_seconds = 0.0
+    try:
+        if in_process:
+            results = _run_in_process(dataset, config, writer, skip_corrupt)
+        else:
+            client = _dask_client(workers, config.threads, scheduler)
+            results = _run_on_dask(dataset, config, writer, skip_corrupt, client)
+        for block, (embeddings, skipped) in results:
+            started = time.perf_counter()
+            start, stop = writer.layout.bounds(block)
+            with np.errstate(over="ignore"):  # an overflowing cast is refused below, naming the images
+                stored = embeddings.astype(writer.embedding_dtype)
+            norms = np.linalg.norm(embeddings, axis=2).astype(np.float32)
+            check_finite_embeddings(dataset, start, embeddings, stored, norms)
+            writer.write_block(block, stored, norms, skipped)
+            write_seconds += time.perf_counter() - started
+            bar.update(stop - start)
+    finally:
+        bar.close()
+        if client is not None:
+            _close_quietly(client)
+    return write_seconds
+
+
+def check_finite_embeddings(
+    dataset: FaceDataset, start: int, embeddings: np.ndarray, stored: np.ndarray, norms: np.ndarray
+) -> None:
+    """Refuse a block whose teacher outputs, or their cast to the store's dtype, are NaN or infinite."""
+    teacher_nonfinite = nonfinite_rows(embeddings) | nonfinite_rows(norms)
+    cast_nonfinite = nonfinite_rows(stored) & ~teacher_nonfinite
+    for bad, problem in (
+        (teacher_nonfinite, "the teacher returned NaN or infinite embeddings for {images}; check the teacher "
+                            "model and embed.preprocessing"),
+        (cast_nonfinite, "the teacher's embeddings of {images} exceed the range of the store's dtype "
+                         f"{stored.dtype} (largest {np.finfo(stored.dtype).max:g}); set `embed.dtype: float32`"),
+    ):
+        if bad.any():
+            rows = start + np.flatnonzero(bad)
+            images = some_keys([dataset.keys[row] for row in rows[:5]], len(rows))
+            raise FacekdError(problem.format(images=f"{len(rows)} images ({images})"))
 
 
 def _count_skipped(store_path: Path) -> int:

@@ -11,13 +11,14 @@ The pair table (HDF5) has one row per (anchor, partner) pair, sorted by (anchor,
   kind             uint8, 0 = hard negative, 1 = hard positive
   rank             int32, 0 = hardest of its kind for this anchor
   offsets          N + 1 int64: anchor a's pairs are rows offsets[a]:offsets[a + 1]
-The bytes are identical for identical inputs (fixed chunks, no timestamps, no track_order).
+The bytes are identical for identical inputs (fixed chunks, no timestamps, no track_order). The
+table records the checksum of its columns (`PairTable.verify`); it is written by one process at a
+time and published only when complete and verified, as are the CSV and JSON side outputs.
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -26,15 +27,18 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.files import partial_name
+from pipeline.checksums import ColumnsChecksum
 from pipeline.errors import FacekdError
+from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
+from pipeline.hdf5 import verify_columns, written_hdf5
 from pipeline.index import KnnFile, check_store_hash, read_unit_vectors, usable_rows
-from pipeline.store import EmbeddingStore, read_rows
+from pipeline.store import EmbeddingStore, check_finite_rows, read_rows
 
 HARD_NEGATIVE, HARD_POSITIVE = 0, 1
 KIND_NAMES = ("negative", "positive")
 PAIR_COLUMNS = ("anchor", "partner", "similarity", "same_identity", "kind", "rank")
 PAIR_DTYPES = ("int64", "int64", "float32", "uint8", "uint8", "int32")
+CHECKED_DATASETS = (*PAIR_COLUMNS, "offsets")
 PAIR_CHUNK_ROWS = 65536
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PERCENTILE_GRID_BINS = 2000  # percentiles are read to 0.001 from a grid over [-1, 1]
@@ -205,13 +209,11 @@ class MiningSummary:
 
 
 class _PairTableWriter:
-    """Appends pair rows to fixed-chunk resizable datasets in a temporary file; renames when finished."""
+    """Appends pair rows to fixed-chunk resizable datasets of a new table, feeding its checksum."""
 
-    def __init__(self, path: Path, attributes: dict) -> None:
-        self.path = path
-        self.temporary = partial_name(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.temporary, "w", libver="earliest")
+    def __init__(self, h5file: h5py.File, attributes: dict, checksum: ColumnsChecksum) -> None:
+        self.file = h5file
+        self.checksum = checksum
         for name, value in sorted(attributes.items()):
             self.file.attrs[name] = value
         self.columns = {
@@ -227,16 +229,12 @@ class _PairTableWriter:
         for column, dataset in self.columns.items():
             dataset.resize((self.num_rows + count,))
             dataset[self.num_rows :] = values[column]
+            self.checksum.update(column, np.asarray(values[column], dtype=dataset.dtype))
         self.num_rows += count
 
     def finish(self, offsets: np.ndarray) -> None:
         self.file.create_dataset("offsets", data=offsets, chunks=None, track_times=False)
-        self.file.close()
-        os.replace(self.temporary, self.path)
-
-    def abandon(self) -> None:
-        self.file.close()
-        self.temporary.unlink(missing_ok=True)
+        self.checksum.update("offsets", offsets)
 
 
 def mine_pairs(
@@ -255,23 +253,25 @@ def mine_pairs(
     pairs_path = Path(pairs_path)
     if hard_positives_per_anchor < 0:
         raise FacekdError(f"hard_positives_per_anchor is {hard_positives_per_anchor}; expected 0 or more")
-    with KnnFile(knn_path, store) as knn:
+    check_finite_rows(store, block_size)
+    with exclusive_writer(pairs_path), KnnFile(knn_path, store) as knn:
         if not 1 <= hard_negatives_per_anchor <= knn.k:
             raise FacekdError(
                 f"hard_negatives_per_anchor is {hard_negatives_per_anchor}; expected 1 .. {knn.k}, the number of "
                 f"neighbours per image in {knn.path} (search more with index.knn_k)"
             )
+        knn.verify()
         positives, positive_similarities = hard_positives(store, knn.view, hard_positives_per_anchor, block_size, progress)
         attributes = dict(
             store_provenance_hash=store.provenance_hash, knn_k=knn.k, view=knn.view, index_factory=knn.factory,
             hard_negatives_per_anchor=hard_negatives_per_anchor, hard_positives_per_anchor=hard_positives_per_anchor,
         )  # not the report-only suspicious threshold: changing it must not change the table students train on
-        writer = _PairTableWriter(pairs_path, attributes)
         counts = np.zeros(len(store), np.int64)
         negative_distribution, positive_distribution = SimilarityDistribution(histogram_bins), SimilarityDistribution(histogram_bins)
         anchors_without_negatives = 0
         bar = tqdm(total=len(store), unit="anchor", desc=f"mine {pairs_path.name}", disable=not progress)
-        try:
+        with written_hdf5(pairs_path, CHECKED_DATASETS) as (h5file, checksum):
+            writer = _PairTableWriter(h5file, attributes, checksum)
             for start in range(0, len(store), block_size):
                 stop = min(start + block_size, len(store))
                 negative_partners, negative_similarities = hard_negatives(
@@ -290,11 +290,7 @@ def mine_pairs(
                 positive_distribution.add(block["similarity"][block["kind"] == HARD_POSITIVE])
                 bar.update(stop - start)
             writer.finish(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-        except BaseException:
-            writer.abandon()
-            raise
-        finally:
-            bar.close()
+        bar.close()
     with PairTable(pairs_path) as table:
         suspicious = suspicious_pairs(table, suspicious_threshold, block_size)
     return MiningSummary(
@@ -354,6 +350,10 @@ class PairTable:
 
     def close(self) -> None:
         self.file.close()
+
+    def verify(self) -> None:
+        """Refuse a table whose content no longer matches its checksum (reads the whole table)."""
+        verify_columns(self.file, self.path, CHECKED_DATASETS, "run `facekd mine` again")
 
     def check_store(self, store: EmbeddingStore) -> None:
         check_store_hash(self.path, self.attributes["store_provenance_hash"], store)
@@ -467,9 +467,7 @@ def describe_pairs(pairs: Pairs, store: EmbeddingStore) -> list[PairRecord]:
 
 
 def write_pairs_csv(path: str | Path, records: list[PairRecord]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as out:
+    with written_atomically(path) as temporary, open(temporary, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow([field.name for field in fields(PairRecord)])
         for record in records:
@@ -478,10 +476,8 @@ def write_pairs_csv(path: str | Path, records: list[PairRecord]) -> None:
 
 def write_histogram_csv(path: str | Path, negatives: SimilarityDistribution, positives: SimilarityDistribution) -> None:
     """Bin centres and counts of both kinds: the data of a DVC plot (x = similarity)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     centres = (negatives.edges[:-1] + negatives.edges[1:]) / 2
-    with open(path, "w", newline="") as out:
+    with written_atomically(path) as temporary, open(temporary, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["similarity", "hard_negatives", "hard_positives"])
         for centre, negative_count, positive_count in zip(centres, negatives.histogram, positives.histogram):
@@ -489,6 +485,4 @@ def write_histogram_csv(path: str | Path, negatives: SimilarityDistribution, pos
 
 
 def write_summary_json(path: str | Path, summary: MiningSummary) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary.metrics(), indent=2, sort_keys=True) + "\n")
+    write_text_atomically(path, json.dumps(summary.metrics(), indent=2, sort_keys=True) + "\n")

@@ -5,11 +5,14 @@ Commands are imported only when called, so `facekd --help` does not pay for torc
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 import click
 
 from pipeline.errors import FacekdError
+from pipeline.files import is_storage_error
 
 # command name -> "module:attribute" of its click command
 COMMANDS = {
@@ -23,6 +26,8 @@ COMMANDS = {
     "pairs": "stages.pairs:pairs",
     "evaluate": "stages.evaluate:evaluate",
     "make-bin": "stages.evaluate:make_bin",
+    "quantize": "stages.quantize:quantize",
+    "latency": "stages.latency:latency",
     "results": "stages.results:results",
     "repro": "stages.repro:repro",
     "ablation": "stages.ablation:ablation",
@@ -30,7 +35,7 @@ COMMANDS = {
 
 
 class FacekdGroup(click.Group):
-    """Lazy sub-commands; a FacekdError becomes a one-line message and exit status 1."""
+    """Lazy sub-commands; a FacekdError or a storage error becomes a one-line message and exit status 1."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -46,6 +51,10 @@ class FacekdGroup(click.Group):
             return super().invoke(ctx)
         except FacekdError as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:  # a write that no stage turned into a FacekdError naming its output
+            if not is_storage_error(error):
+                raise
+            raise click.ClickException(f"{error.filename or 'output'}: cannot write ({error.strerror})") from None
 
 
 @click.group(cls=FacekdGroup)
@@ -55,7 +64,27 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="facekd")
+    # Past a file-size limit (ulimit -f), fail the write with EFBIG, which names the file, instead of
+    # being killed by SIGXFSZ with a half-written output.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        cli(prog_name="facekd")
+    except SystemExit as stop:
+        if stop.code and _hdf5_files_open():
+            # After a failed write HDF5 retries flushing the file while Python frees it at exit, which
+            # can crash the process; the error is reported and the partial output settled, so skip that.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.code if isinstance(stop.code, int) else 1)
+        raise
+
+
+def _hdf5_files_open() -> bool:
+    if "h5py" not in sys.modules:
+        return False
+    import h5py
+
+    return h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE) > 0
 
 
 if __name__ == "__main__":

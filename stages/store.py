@@ -15,7 +15,8 @@ def store() -> None:
 @store.command("info")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--max-skipped", default=20, show_default=True, type=click.IntRange(min=0), help="How many skipped keys to list.")
-def info(path: str, max_skipped: int) -> None:
+@click.option("--verify", is_flag=True, help="Also read the whole store and check it against its content checksum.")
+def info(path: str, max_skipped: int, verify: bool) -> None:
     """Provenance, counts, embedding-norm statistics and skipped keys of a store."""
     from rich.console import Console
     from rich.table import Table
@@ -24,6 +25,8 @@ def info(path: str, max_skipped: int) -> None:
 
     console = Console()
     with EmbeddingStore(path) as opened:
+        if verify:
+            opened.verify()
         provenance = Table(title=f"{path}: provenance", show_header=False)
         provenance.add_column("field")
         provenance.add_column("value", overflow="fold")
@@ -39,6 +42,8 @@ def info(path: str, max_skipped: int) -> None:
         counts.add_row("identities", str(len(opened.identity_names)))
         counts.add_row("skipped images", str(int(opened.skipped.sum())))
         counts.add_row("embedding", f"{opened.embedding_dim}-d {opened.embeddings.dtype}, image + flip")
+        if verify:
+            counts.add_row("content checksum", f"{opened.content_checksum} (verified)")
         console.print(counts)
 
         statistics = Table(title="embedding norms")
@@ -65,3 +70,4 @@ def info(path: str, max_skipped: int) -> None:
             console.print(listing)
             if len(skipped_indices) > max_skipped:
                 console.print(f"... and {len(skipped_indices) - max_skipped} more (--max-skipped)")
+
