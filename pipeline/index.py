@@ -7,10 +7,13 @@ the embedding the verification protocol uses. Inner product on unit vectors is c
 Index row r is the r-th usable store row (`usable_rows`), so no id map is stored: the
 provenance hash in the sidecar pins the store, and with it the skipped rows.
 
-Files: `<index>` (faiss.write_index) and `<index>.json` (IndexMetadata); the kNN result is an
-HDF5 file with `neighbours` (N x k int64 store rows) and `similarities` (N x k float32), row i
-for store row i; -1 / NaN where there is no neighbour (skipped images). The query for image i
-never returns i, and the flip view is never a separate row, so "self or own flip" cannot appear.
+Files: `<index>` (faiss.write_index) and `<index>.json` (IndexMetadata, with the index file's
+checksum, checked on load); the kNN result is an HDF5 file with `neighbours` (N x k int64 store
+rows) and `similarities` (N x k float32), row i for store row i; -1 / NaN where there is no
+neighbour (skipped images), and their content checksum (`KnnFile.verify`). Each output is written
+by one process at a time, under a temporary name, and published only when complete and verified.
+The query for image i never returns i, and the flip view is never a separate row, so "self or own
+flip" cannot appear.
 
 Exact search (`Flat`) holds the database in the index (N x D float32) and streams the queries
 from the store block by block. GPU search is used when FAISS has GPU support and a GPU, for
@@ -22,16 +25,18 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import faiss
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.files import write_text_atomically, written_atomically
+from pipeline.checksums import file_checksum, new_checksum
 from pipeline.errors import FacekdError, ProvenanceMismatchError
-from pipeline.store import EmbeddingStore, read_rows
+from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
+from pipeline.hdf5 import verify_columns, written_hdf5
+from pipeline.store import EmbeddingStore, check_finite_rows, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ VIEWS = ("image", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 GPU_MAX_K = 2048  # largest k a FAISS GPU index can search
 METRIC = "inner_product"
+KNN_COLUMNS = ("neighbours", "similarities")
 FLAT_DATABASE_BLOCK = 16384  # database rows per BLAS block of an exact search (FAISS's default: 1024)
 
 
@@ -56,6 +62,7 @@ class IndexMetadata:
     train_sample: int
     seed: int
     faiss_version: str
+    index_checksum: str  # of the index file's bytes
 
 
 @dataclass(frozen=True)
@@ -99,10 +106,13 @@ def unit_vectors(embeddings: np.ndarray, view: str) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(norms, np.finfo(np.float32).tiny))
 
 
-def iter_unit_vectors(store: EmbeddingStore, view: str, block_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(usable store rows, their unit vectors) block by block, in store order."""
-    for start in range(0, len(store), block_size):
-        stop = min(start + block_size, len(store))
+def iter_unit_vectors(
+    store: EmbeddingStore, view: str, block_size: int, first: int = 0, end: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(usable store rows, their unit vectors) block by block, in store order, rows [first, end)."""
+    end = len(store) if end is None else min(end, len(store))
+    for start in range(first, end, block_size):
+        stop = min(start + block_size, end)
         usable = ~store.skipped[start:stop]
         if usable.any():
             yield start + np.flatnonzero(usable), unit_vectors(store.embeddings[start:stop][usable], view)
@@ -136,9 +146,18 @@ def build_index(
 ) -> IndexMetadata:
     """Build the `factory` index (any faiss.index_factory string) over the store and write it atomically."""
     index_path = Path(index_path)
+    with exclusive_writer(index_path):
+        return _build_index(store, index_path, factory, view, train_sample, seed, block_size, threads, progress)
+
+
+def _build_index(
+    store: EmbeddingStore, index_path: Path, factory: str, view: str, train_sample: int, seed: int,
+    block_size: int, threads: int, progress: bool,
+) -> IndexMetadata:
     configure_faiss(threads)
     if not usable_rows(store).size:
         raise FacekdError(f"{store.path}: every image is skipped; nothing to index")
+    check_finite_rows(store, block_size)
     try:
         index = faiss.index_factory(store.embedding_dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
@@ -156,15 +175,47 @@ def build_index(
         index.add(vectors)
         bar.update(len(block_rows))
     bar.close()
+    return publish_index(index, index_path, store, factory, view, trained_on, seed)
+
+
+def publish_index(
+    index: faiss.Index, index_path: Path, store: EmbeddingStore, factory: str, view: str, train_sample: int, seed: int
+) -> IndexMetadata:
+    """Write the index file atomically, then its sidecar with the file's checksum and provenance."""
+    index_checksum = write_index_file(index, index_path)
     metadata = IndexMetadata(
         store_provenance_hash=store.provenance_hash, store_path=str(store.path), factory=factory, view=view,
-        metric=METRIC, ntotal=int(index.ntotal), dim=store.embedding_dim, train_sample=trained_on, seed=seed,
-        faiss_version=faiss.__version__,
+        metric=METRIC, ntotal=int(index.ntotal), dim=store.embedding_dim, train_sample=train_sample, seed=seed,
+        faiss_version=faiss.__version__, index_checksum=index_checksum,
     )
-    with written_atomically(index_path) as temporary_index:
-        faiss.write_index(index, str(temporary_index))
     write_text_atomically(metadata_path(index_path), json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
     return metadata
+
+
+def write_index_file(index: faiss.Index, index_path: Path) -> str:
+    """Write a FAISS index atomically and return the checksum of its bytes.
+
+    Written through Python: FAISS writing to a path reports a failed write (full disk, file-size
+    limit) only on stderr and returns normally, leaving a truncated file.
+    """
+    written = new_checksum()
+    with written_atomically(index_path) as temporary:
+        with open(temporary, "wb") as stream:
+
+            def write(chunk: bytes) -> None:
+                written.update(chunk)
+                stream.write(chunk)
+
+            faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+        if file_checksum(temporary) != written.hexdigest():
+            raise FacekdError(f"{temporary}: reads back differently from what was written (unreliable storage)")
+    return written.hexdigest()
+
+
+def _faiss_reason(error: RuntimeError) -> str:
+    """The useful line of a FAISS error (its message starts with the C++ source location)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else "FAISS error"
 
 
 def read_metadata(index_path: str | Path) -> IndexMetadata:
@@ -187,10 +238,18 @@ def check_store_hash(path: str | Path, recorded_hash: str, store: EmbeddingStore
 
 
 def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Index, IndexMetadata]:
-    """The CPU index and its metadata; refuses an index built from another store."""
+    """The CPU index and its metadata; refuses an index built from another store, or damaged since it was written."""
     metadata = read_metadata(index_path)
     check_store_hash(index_path, metadata.store_provenance_hash, store)
-    index = faiss.read_index(str(index_path))
+    if file_checksum(Path(index_path)) != metadata.index_checksum:
+        raise FacekdError(
+            f"{index_path}: content does not match the checksum in {metadata_path(index_path).name} (the file is "
+            "damaged, or was replaced without its metadata); run `facekd index` again"
+        )
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as error:
+        raise FacekdError(f"{index_path}: not a readable FAISS index ({_faiss_reason(error)}); run `facekd index` again") from None
     usable = len(usable_rows(store))
     if index.ntotal != usable or metadata.ntotal != usable:
         raise FacekdError(f"{index_path}: holds {index.ntotal} vectors but {store.path} has {usable} usable images")
@@ -284,32 +343,55 @@ def search_knn(
     if chosen == "cuda":
         index, chosen = _to_gpu(index, device)
     rows_of_index = usable_rows(store)
-    num_rows = len(store)
-    chunk_rows = min(block_size, num_rows)
     bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
-    with written_atomically(knn_path) as temporary, h5py.File(temporary, "w", libver="earliest") as knn_file:
-        for name, value in sorted(dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search).items()):
+
+    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for start in range(0, len(store), block_size):
+            stop = min(start + block_size, len(store))
+            block_neighbours = np.full((stop - start, k), -1, np.int64)
+            block_similarities = np.full((stop - start, k), np.nan, np.float32)
+            query_rows = start + np.flatnonzero(~store.skipped[start:stop])
+            if len(query_rows):
+                similarities, found = index.search(read_unit_vectors(store, query_rows, metadata.view), k + 1)
+                found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
+                found_rows, similarities = drop_self(found_rows, similarities, query_rows, k)
+                block_neighbours[query_rows - start] = found_rows
+                block_similarities[query_rows - start] = np.where(found_rows >= 0, similarities, np.nan)
+            bar.update(len(query_rows))
+            yield start, block_neighbours, block_similarities
+
+    attributes = dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search)
+    write_knn(knn_path, attributes, len(store), k, block_size, blocks())
+    bar.close()
+    return KnnSummary(knn_path, chosen, k, len(rows_of_index))
+
+
+def write_knn(
+    knn_path: Path,
+    attributes: dict[str, Any],
+    num_rows: int,
+    k: int,
+    block_size: int,
+    blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
+) -> None:
+    """Write a kNN file (what `KnnFile` reads, checksummed) from (first store row, neighbours,
+    similarities) blocks that cover every store row in order (-1 / NaN rows for skipped images)."""
+    with exclusive_writer(knn_path), written_hdf5(knn_path, KNN_COLUMNS) as (knn_file, checksum):
+        for name, value in sorted(attributes.items()):
             knn_file.attrs[name] = value
+        chunk_rows = min(block_size, num_rows)
         neighbours_out = knn_file.create_dataset(
             "neighbours", (num_rows, k), "int64", chunks=(chunk_rows, k), fillvalue=-1, track_times=False
         )
         similarities_out = knn_file.create_dataset(
             "similarities", (num_rows, k), "float32", chunks=(chunk_rows, k), fillvalue=np.nan, track_times=False
         )
-        for query_rows, queries in iter_unit_vectors(store, metadata.view, block_size):
-            similarities, found = index.search(queries, k + 1)
-            found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
-            found_rows, similarities = drop_self(found_rows, similarities, query_rows, k)
-            start, stop = query_rows[0], query_rows[-1] + 1
-            block_neighbours = np.full((stop - start, k), -1, np.int64)
-            block_similarities = np.full((stop - start, k), np.nan, np.float32)
-            block_neighbours[query_rows - start] = found_rows
-            block_similarities[query_rows - start] = np.where(found_rows >= 0, similarities, np.nan)
+        for start, block_neighbours, block_similarities in blocks:
+            stop = start + len(block_neighbours)
             neighbours_out[start:stop] = block_neighbours
             similarities_out[start:stop] = block_similarities
-            bar.update(len(query_rows))
-    bar.close()
-    return KnnSummary(knn_path, chosen, k, len(rows_of_index))
+            checksum.update("neighbours", block_neighbours)
+            checksum.update("similarities", block_similarities)
 
 
 class KnnFile:
@@ -336,6 +418,10 @@ class KnnFile:
         self.k = int(self.file.attrs["k"])
         self.view = str(self.file.attrs["view"])
         self.factory = str(self.file.attrs["factory"])
+
+    def verify(self) -> None:
+        """Refuse a kNN file whose content no longer matches its checksum (reads the whole file)."""
+        verify_columns(self.file, self.path, KNN_COLUMNS, "run `facekd index` again")
 
     def __enter__(self) -> "KnnFile":
         return self

@@ -23,6 +23,11 @@ class RandomBatchSampler:
     ) -> None:
         if batch_size % world_size:
             raise FacekdError(f"batch size {batch_size} is not divisible by the world size {world_size}")
+        if batch_size // world_size < 2:
+            raise FacekdError(
+                f"batch size {batch_size} over {world_size} ranks is {batch_size // world_size} sample per rank; "
+                "BatchNorm needs at least 2 per rank per step"
+            )
         if len(usable) < batch_size:
             raise FacekdError(f"the training set has {len(usable)} usable samples; batch size {batch_size} needs more")
         self.usable = np.asarray(usable, dtype=np.int64)
@@ -69,9 +74,9 @@ class PairBatchSampler(RandomBatchSampler):
         super().__init__(usable, batch_size, seed, rank, world_size, flip)
         if batch_size % (2 * world_size):
             raise FacekdError(f"pair batches need a batch size divisible by 2 x world size; got {batch_size}")
+        # Held as given (no copy when already int64): the table can hold billions of partners.
         self.partner_offsets = np.asarray(partner_offsets, dtype=np.int64)
-        # One padding entry, so an anchor without partners still indexes a valid position.
-        self.partners = np.append(np.asarray(partners, dtype=np.int64), -1)
+        self.partners = np.asarray(partners, dtype=np.int64)
 
     def global_batches(self) -> Iterator[np.ndarray]:
         rng = self._rng()
@@ -80,8 +85,11 @@ class PairBatchSampler(RandomBatchSampler):
         anchors = self.usable[rng.permutation(len(self.usable))]
         for step in range(len(self)):
             batch_anchors = anchors[step * anchors_per_batch : (step + 1) * anchors_per_batch]
-            starts, counts = self.partner_offsets[batch_anchors], np.diff(self.partner_offsets)[batch_anchors]
+            # Only this batch's offsets are read: a per-step diff over all N offsets made an epoch O(N^2).
+            starts = self.partner_offsets[batch_anchors]
+            counts = self.partner_offsets[batch_anchors + 1] - starts
             picks = starts + (rng.random(len(batch_anchors)) * counts).astype(np.int64)
-            random_partners = self.usable[rng.integers(0, len(self.usable), len(batch_anchors))]
-            batch_partners = np.where(counts > 0, self.partners[picks], random_partners)
+            batch_partners = self.usable[rng.integers(0, len(self.usable), len(batch_anchors))]
+            has_partners = counts > 0
+            batch_partners[has_partners] = self.partners[picks[has_partners]]
             yield np.stack([batch_anchors, batch_partners], axis=1).reshape(-1)

@@ -11,17 +11,34 @@ from stages.params import load_section
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(params_path: str, quiet: bool) -> None:
     """Build the index (params: index.factory) and search all-vs-all kNN into index.knn."""
-    from pipeline.index import DEVICES, VIEWS, build_index, search_knn
+    from pipeline.exact_knn import search_exact_streamed
+    from pipeline.index import DEVICES, VIEWS, build_index, search_knn, usable_rows
     from pipeline.store import EmbeddingStore
 
     section = load_section(params_path, "index")
     index_path = section.get("out", str)
     block_size = section.positive("block_size")
     threads = section.get("threads", int, 0)
+    factory = section.get("factory", str, "Flat")
+    memory_bytes = int(section.positive("memory_gb", float, 8.0) * (1 << 30))
     with EmbeddingStore(section.get("store", str)) as store:
+        flat_bytes = len(usable_rows(store)) * store.embedding_dim * 4
+        if factory == "Flat" and flat_bytes > memory_bytes:
+            # An exact index would not fit: the same search, with the vectors read from the store block by block.
+            summary = search_exact_streamed(
+                store, index_path, section.get("knn", str),
+                k=section.positive("knn_k"),
+                view=section.choice("view", VIEWS, "image"),
+                device=section.choice("device", DEVICES, "auto"),
+                memory_bytes=memory_bytes, block_size=block_size, threads=threads, progress=not quiet,
+            )
+            click.echo(f"{index_path}: holds no vectors (a Flat index of {flat_bytes / (1 << 30):.1f} GB exceeds index.memory_gb)")
+            click.echo(f"{summary.knn_path}: {summary.k} nearest neighbours of {summary.num_queries} images, "
+                       f"exact search streamed from the store on {summary.device}")
+            return
         metadata = build_index(
             store, index_path,
-            factory=section.get("factory", str, "Flat"),
+            factory=factory,
             view=section.choice("view", VIEWS, "image"),
             train_sample=section.positive("train_sample"),
             seed=section.get("seed", int, 0),

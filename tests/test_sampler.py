@@ -66,5 +66,60 @@ def test_bad_batch_sizes() -> None:
         RandomBatchSampler(np.arange(100), 10, 0, world_size=4)
     with pytest.raises(FacekdError, match="has 5 usable samples; batch size 8 needs more"):
         RandomBatchSampler(np.arange(5), 8, 0)
+    with pytest.raises(FacekdError, match="batch size 4 over 4 ranks is 1 sample per rank; BatchNorm needs at least 2"):
+        RandomBatchSampler(np.arange(100), 4, 0, world_size=4)
     with pytest.raises(FacekdError, match="divisible by 2 x world size"):
         PairBatchSampler(np.arange(100), np.zeros(101, int), np.zeros(0, int), 6, 0, world_size=2)
+
+
+def test_the_last_partial_batch_is_dropped() -> None:
+    # 9 samples in batches of 4: a ninth sample alone would be a batch BatchNorm cannot train on.
+    pairs = PairBatchSampler(np.arange(9), np.zeros(10, int), np.zeros(0, int), 4, 0)
+    for sampler in (RandomBatchSampler(np.arange(9), 4, 0), pairs):
+        assert len(sampler) == 2 and [len(batch) for batch in sampler] == [4, 4]
+
+
+def _batches_of_the_first_implementation(
+    usable: np.ndarray, offsets: np.ndarray, partners: np.ndarray, batch_size: int, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """PairBatchSampler.global_batches as first written (a diff over all offsets at every step):
+    the reference the faster version must reproduce batch for batch."""
+    rng = np.random.default_rng([seed, epoch])
+    padded_partners = np.append(partners, -1)
+    anchors_per_batch = batch_size // 2
+    anchors = usable[rng.permutation(len(usable))]
+    batches = []
+    for step in range(len(usable) // batch_size):
+        batch_anchors = anchors[step * anchors_per_batch : (step + 1) * anchors_per_batch]
+        starts, counts = offsets[batch_anchors], np.diff(offsets)[batch_anchors]
+        picks = starts + (rng.random(len(batch_anchors)) * counts).astype(np.int64)
+        random_partners = usable[rng.integers(0, len(usable), len(batch_anchors))]
+        batch_partners = np.where(counts > 0, padded_partners[picks], random_partners)
+        batches.append(np.stack([batch_anchors, batch_partners], axis=1).reshape(-1))
+    return batches
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_pair_batches_equal_the_first_implementations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    num_samples = 500
+    counts = rng.integers(0, 6, num_samples)
+    counts[rng.random(num_samples) < 0.3] = 0  # many anchors without partners
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    partners = rng.integers(0, num_samples, offsets[-1]).astype(np.int64)
+    usable = np.flatnonzero(rng.random(num_samples) < 0.9)
+    sampler = PairBatchSampler(usable, offsets, partners, batch_size=16, seed=seed)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        new = list(sampler.global_batches())
+        old = _batches_of_the_first_implementation(usable, offsets, partners, 16, seed, epoch)
+        assert len(new) == len(old) == len(usable) // 16
+        for new_batch, old_batch in zip(new, old):
+            np.testing.assert_array_equal(new_batch, old_batch)
+
+
+def test_pair_sampler_keeps_the_pair_table_without_copying() -> None:
+    offsets = np.array([0, 2, 2, 3], dtype=np.int64)
+    partners = np.array([1, 2, 0], dtype=np.int64)
+    sampler = PairBatchSampler(np.arange(3), offsets, partners, batch_size=2, seed=0)
+    assert sampler.partners is partners and sampler.partner_offsets is offsets

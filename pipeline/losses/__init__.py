@@ -1,7 +1,7 @@
 """Training losses: margin heads, ILED, RPSD and the baseline distillation losses."""
 from pipeline.losses.baselines import AdaArcDistillLoss, FCLoss, RawL2Loss, RKDLoss, SPLoss
 from pipeline.losses.iled import ILEDLoss, iled_rho
-from pipeline.losses.margin import CombinedMarginHead, combined_margin_logits, margin_head
+from pipeline.losses.margin import CombinedMarginHead, PartialMarginHead, combined_margin_logits, margin_head
 from pipeline.losses.projector import embedding_projector
 from pipeline.losses.rpsd import RPSDLoss, mine_rpsd_pairs
 
@@ -10,6 +10,7 @@ __all__ = [
     "CombinedMarginHead",
     "FCLoss",
     "ILEDLoss",
+    "PartialMarginHead",
     "RKDLoss",
     "RPSDLoss",
     "RawL2Loss",

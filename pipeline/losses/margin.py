@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,28 +80,77 @@ class CombinedMarginHead(nn.Module):
         # insightface (PartialFC) initialises the centres with N(0, 0.01).
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_dim)))
 
-    def cosine(self, embeddings: Tensor) -> Tensor:
-        """B x C cosines between the embeddings and every class centre (no margin)."""
-        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1.0, 1.0)
+    def cosine(self, embeddings: Tensor, centres: Tensor | None = None) -> Tensor:
+        """B x C cosines between the embeddings and the class centres (default all; no margin)."""
+        centres = self.weight if centres is None else centres
+        return F.linear(F.normalize(embeddings, dim=1), F.normalize(centres, dim=1)).clamp(-1.0, 1.0)
 
-    def margin_logits(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def margin_logits(self, embeddings: Tensor, labels: Tensor, centres: Tensor | None = None) -> Tensor:
         """The logits the cross-entropy sees: scaled, with the margin on the target class."""
         return combined_margin_logits(
-            self.cosine(embeddings), labels, self.s, self.m1, self.m2, self.m3, self.easy_margin
+            self.cosine(embeddings, centres), labels, self.s, self.m1, self.m2, self.m3, self.easy_margin
         )
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self.margin_logits(embeddings, labels), labels)
 
 
+class PartialMarginHead(CombinedMarginHead):
+    """The combined margin softmax over a sampled fraction of the class centres (Partial FC).
+
+    An, Deng et al., "Partial FC: Training 10 Million Identities on a Single Machine", ICCVW 2021;
+    numerics as insightface `arcface_torch/partial_fc_v2.py`: each training step keeps every
+    class of the batch (its positives) and fills the rest of ⌈sample_rate·C⌉ centres with
+    randomly drawn classes, so the softmax costs sample_rate of the full head's. The draw is a
+    function of (seed, step) and `step` is a buffer, so a resumed run (the checkpoint holds the
+    state dict) draws the same classes. With sample_rate 1, or in eval mode, it is the full head.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, sample_rate: float, seed: int = 0, **margins: float) -> None:
+        super().__init__(embedding_dim, num_classes, **margins)
+        if not 0.0 < sample_rate <= 1.0:
+            raise FacekdError(f"margin sample rate is {sample_rate}; expected a fraction in (0, 1]")
+        self.num_sampled = min(num_classes, math.ceil(sample_rate * num_classes))
+        self.seed = seed
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def sample_classes(self, labels: Tensor) -> Tensor:
+        """Sorted indices of this step's centres: the batch's classes plus random others."""
+        num_classes = self.weight.shape[0]
+        positives = torch.unique(labels)
+        if positives.numel() >= self.num_sampled:
+            return positives
+        draw = np.random.default_rng([self.seed, int(self.step)]).random(num_classes, dtype=np.float32)
+        scores = torch.from_numpy(draw).to(labels.device)
+        scores[positives] = 2.0  # above every draw in [0, 1): always kept
+        return scores.topk(self.num_sampled).indices.sort().values
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if not self.training or self.num_sampled == self.weight.shape[0]:
+            return super().forward(embeddings, labels)
+        classes = self.sample_classes(labels)
+        self.step += 1
+        sampled_labels = torch.searchsorted(classes, labels)
+        logits = self.margin_logits(embeddings, sampled_labels, self.weight[classes])
+        return F.cross_entropy(logits, sampled_labels)
+
+
 def margin_head(
-    kind: str, embedding_dim: int, num_classes: int, s: float = 64.0, margin: float | None = None
+    kind: str,
+    embedding_dim: int,
+    num_classes: int,
+    s: float = 64.0,
+    margin: float | None = None,
+    sample_rate: float = 1.0,
+    seed: int = 0,
 ) -> CombinedMarginHead:
     """ArcFace (additive angular margin m2, default 0.5) or CosFace (additive cosine margin
-    m3, default 0.35) as a `CombinedMarginHead`."""
+    m3, default 0.35) as a `CombinedMarginHead`; with `sample_rate` < 1 a `PartialMarginHead`
+    that samples that fraction of the centres at every step (seeded by `seed`)."""
     if kind not in DEFAULT_MARGINS:
         raise FacekdError(f"margin head kind must be one of {sorted(DEFAULT_MARGINS)}, got {kind!r}")
     margin = DEFAULT_MARGINS[kind] if margin is None else margin
-    if kind == "arcface":
-        return CombinedMarginHead(embedding_dim, num_classes, s=s, m2=margin)
-    return CombinedMarginHead(embedding_dim, num_classes, s=s, m2=0.0, m3=margin)
+    margins = {"s": s, "m2": margin} if kind == "arcface" else {"s": s, "m2": 0.0, "m3": margin}
+    if sample_rate != 1.0:
+        return PartialMarginHead(embedding_dim, num_classes, sample_rate, seed, **margins)
+    return CombinedMarginHead(embedding_dim, num_classes, **margins)

@@ -14,6 +14,8 @@ tuples; `RPSDLoss` builds the similarity matrices, calls the miner and reduces t
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,33 @@ from pipeline.errors import FacekdError
 from pipeline.memory import MemoryEntries
 
 VARIANTS = ("mse", "kl")
+# Below this share of non-zero entries a sparse product beats the dense one (measured on CPU:
+# 70 of 4096 per row, 4x faster); the no-mining ablation's gradient is dense.
+SPARSE_GRADIENT_DENSITY = 0.125
+
+
+class BankSimilarity(torch.autograd.Function):
+    """anchors @ bank.T, whose backward exploits that RPSD's gradient reaches few bank entries.
+
+    Only the mined pairs (positives and k_neg negatives of an anchor's R references) carry a
+    gradient, so grad @ bank is done as a sparse product where the gradient is sparse: the
+    same values up to float rounding, without the dense B x K x d product. The bank (detached
+    student embeddings) takes no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, anchors: Tensor, bank: Tensor) -> Tensor:
+        ctx.save_for_backward(bank)
+        return anchors @ bank.T
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        (bank,) = ctx.saved_tensors
+        if grad.count_nonzero() > SPARSE_GRADIENT_DENSITY * grad.numel():
+            return grad @ bank, None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return grad.to_sparse_csr() @ bank, None
 
 
 @torch.no_grad()
@@ -89,14 +118,18 @@ class RPSDLoss(nn.Module):
             student, teacher, labels, dataset_indices, memory
         )
         if self.k_neg is None:
-            pairs = valid
+            anchors, references = valid.nonzero(as_tuple=True)
         else:
-            pairs = torch.zeros_like(valid)
-            mined = mine_rpsd_pairs(teacher_similarity, student_similarity, labels, reference_labels, valid, self.k_neg)
-            pairs[mined] = True
+            anchors, references = mine_rpsd_pairs(
+                teacher_similarity, student_similarity, labels, reference_labels, valid, self.k_neg
+            )
         if self.variant == "mse":
-            squared_errors = torch.where(pairs, (student_similarity - teacher_similarity).pow(2), 0.0)
-            return squared_errors.sum() / pairs.sum().clamp_min(1)
+            # Only the pairs' entries (about 2 % of B x R with the default bank and k_neg): no
+            # elementwise pass over the whole matrix, forward or backward.
+            errors = student_similarity[anchors, references] - teacher_similarity[anchors, references]
+            return errors.pow(2).sum() / max(len(anchors), 1)
+        pairs = torch.zeros_like(valid)
+        pairs[anchors, references] = True
         return self._kl(teacher_similarity, student_similarity, pairs)
 
     @staticmethod
@@ -113,7 +146,7 @@ class RPSDLoss(nn.Module):
         valid = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
         if memory is None or memory.labels.numel() == 0:
             return student_similarity, teacher_similarity, labels, valid
-        bank_student_similarity = student_anchors @ memory.student.to(student_anchors.dtype).T
+        bank_student_similarity = BankSimilarity.apply(student_anchors, memory.student.to(student_anchors.dtype))
         with torch.no_grad():
             bank_teacher_similarity = teacher_anchors @ memory.teacher.to(teacher_anchors.dtype).T
         return (

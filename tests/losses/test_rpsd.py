@@ -3,6 +3,7 @@ import torch
 
 from pipeline.errors import FacekdError
 from pipeline.losses import RPSDLoss, mine_rpsd_pairs
+from pipeline.losses.rpsd import BankSimilarity
 from pipeline.memory import MemoryBank
 from tests.losses import references
 
@@ -152,3 +153,16 @@ def test_single_sample_without_references_gives_zero_with_gradient():
 def test_rejects_bad_arguments(arguments):
     with pytest.raises(FacekdError, match="RPSD"):
         RPSDLoss(**arguments)
+
+
+@pytest.mark.parametrize("kept_per_row", [3, 200])  # sparse (a sparse product) and dense (the plain one)
+def test_bank_similarity_gradient_equals_the_dense_products(kept_per_row):
+    torch.manual_seed(0)
+    anchors = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    bank = torch.randn(200, 16, dtype=torch.float64)
+    upstream = torch.zeros(8, 200, dtype=torch.float64)
+    upstream.scatter_(1, torch.rand(8, 200).topk(kept_per_row, dim=1).indices, torch.randn(8, kept_per_row, dtype=torch.float64))
+    similarity = BankSimilarity.apply(anchors, bank)
+    assert torch.equal(similarity, anchors @ bank.T)
+    (gradient,) = torch.autograd.grad(similarity, anchors, upstream)
+    torch.testing.assert_close(gradient, upstream @ bank, rtol=1e-12, atol=1e-12)

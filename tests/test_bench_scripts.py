@@ -1,0 +1,31 @@
+"""The benchmarks that need no pipeline outputs run at tiny sizes (figures are not checked: tests never assert on speed)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).parents[1]
+
+
+def run_bench(*arguments: str) -> str:
+    result = subprocess.run([sys.executable, *arguments], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_margin_head_exact_knn_and_sampler_benches() -> None:
+    assert "partial 0.5" in run_bench("bench/margin_head.py", "--classes", "2000", "--rates", "0.5", "--dim", "16", "--repeats", "1")
+    exact = run_bench("bench/exact_knn.py", "--rows", "3000", "--dim", "16", "--queries", "50", "--repeats", "1")
+    assert exact.count("ids equal to Flat's for 1.0000 of queries") == 3
+    assert "N = 3000" in run_bench("bench/sampler.py", "--sizes", "3000", "--steps", "3")
+
+
+def test_kd_step_bench(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "train": {"backbone": "mobilefacenet", "width": 0.125, "embedding_dim": 16, "batch_size": 8, "threads": 1},
+        "students": {"tiny": {"distillation": {"iled": 5.0, "rpsd": 10.0, "rpsd_bank_size": 32, "rpsd_k_neg": 4}}},
+    }))
+    output = run_bench("bench/kd_step.py", "--params", str(params), "--student", "tiny", "--repeats", "1")
+    assert "KD terms add" in output
