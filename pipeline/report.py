@@ -43,6 +43,20 @@ def plot_training_curves(logs: dict[str, Path], out_path: str | Path) -> Path:
     return _save(figure, out_path)
 
 
+def plot_accuracy_latency(points: dict[str, tuple[float, float]], out_path: str | Path, title: str) -> Path:
+    """Verification accuracy against batch-1, one-thread latency, one labelled point per model."""
+    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for name, (milliseconds, accuracy) in points.items():
+        axes.scatter(milliseconds, accuracy, marker="s" if name.endswith(".int8") else "o")
+        axes.annotate(name, (milliseconds, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xlabel("latency, batch 1, 1 thread (ms, median; ONNX Runtime CPU)")
+    axes.set_ylabel("verification accuracy")
+    axes.set_title(title)
+    axes.margins(0.15)  # room for the labels of the outermost points
+    axes.grid(True, alpha=0.3)
+    return _save(figure, out_path)
+
+
 def _save(figure: plt.Figure, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
