@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pipeline.errors import FacekdError
 from stages.params import DEVICES, Section, load_section, preprocessing_from
 
 if TYPE_CHECKING:
@@ -30,16 +31,32 @@ def open_model(params_path: str, model_path: str | Path, as_teacher: bool) -> "O
 
 
 def pair_sets(section: Section) -> dict[str, "VerificationPairs"]:
-    """The pair sets of `evaluate.pairs` by name (file stem); names must be unique."""
+    """The pair sets of `evaluate.pairs` by name (file stem); names must be unique.
+
+    `evaluate.pairs` is one path, not a list, because dvc.yaml's evaluate stages depend on it and
+    DVC cannot expand a list there: a `.bin` or a pair list, or a folder whose `.bin` files and
+    `.txt` pair lists are each a pair set.
+    """
     from pipeline.data.verification_bin import load_pair_set
 
-    paths = section.get("pairs", list)
-    if not paths or not all(isinstance(path, str) for path in paths):
-        raise click.ClickException(f"{section.where('pairs')} is {paths!r}; expected a non-empty list of .bin / pair-list paths")
-    names = [Path(path).stem for path in paths]
+    value = section.values.get("pairs")
+    if not isinstance(value, str):
+        raise FacekdError(
+            f"{section.where('pairs')} is {value!r}; expected one path: a .bin file, a pair list, or a folder of them"
+        )
+    path = Path(value)
+    if path.is_dir():
+        paths = sorted(item for item in path.iterdir() if item.is_file() and item.suffix.lower() in (".bin", ".txt"))
+        if not paths:
+            raise FacekdError(f"{section.where('pairs')} is {value!r}: a folder without .bin files or .txt pair lists")
+    elif path.is_file():
+        paths = [path]
+    else:
+        raise FacekdError(f"{section.where('pairs')} is {value!r}, which does not exist; expected a .bin file, a pair list or a folder of them")
+    names = [item.stem for item in paths]
     if len(set(names)) != len(names):
-        raise click.ClickException(f"{section.where('pairs')}: two pair sets share a file name ({names}); rename one")
-    return {name: load_pair_set(path) for name, path in zip(names, paths)}
+        raise FacekdError(f"{section.where('pairs')}: two pair sets share a file name ({names}); rename one")
+    return {name: load_pair_set(item) for name, item in zip(names, paths)}
 
 
 @click.command("evaluate")
@@ -61,8 +78,9 @@ def evaluate(params_path: str, model_path: str, out_dir: str, as_teacher: bool) 
     reports = {name: evaluate_pairs(model, pairs, folds) for name, pairs in pair_sets(section).items()}
     write_evaluation(reports, Path(out_dir) / "metrics.json", Path(out_dir) / "roc")
     for name, report in reports.items():
+        accuracy = f"accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f}"
         tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in report["tar_at_far"].items() if tar is not None)
-        click.echo(f"{model_path} on {name}: accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f}; {tars}")
+        click.echo(f"{model_path} on {name}: " + "; ".join(part for part in (accuracy, tars) if part))
 
 
 @click.command("make-bin")

@@ -27,6 +27,8 @@ def tiny_params() -> dict:
     params["mine"]["hard_positives_per_anchor"] = 2
     params["train"].update(width=0.125, embedding_dim=8, epochs=1, batch_size=8, threads=1)
     params["train"]["distillation"]["rpsd_bank_size"] = 16
+    params["quantize"].update(calibration_images=8, validation_images=8, latency_runs=5)
+    params["latency"].update(runs=5, throughput_runs=2, throughput_batch=4)
     params["students"] = {
         "alone": {},
         "distilled": {"sampler": "pairs", "distillation": {"iled": 5.0, "rpsd": 10.0}},
@@ -46,14 +48,13 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dvc_project")
-    for folder in ("pipeline", "stages", ".dvc"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+def init_project(root: Path, params: dict) -> Path:
+    """A git repository at `root` holding the code and pipeline files of this one, with `params`."""
+    for folder in ("pipeline", "stages", "synthetic", ".dvc"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache", "*.lock"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("/data/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.name", "facekd tests"], root)  # `dvc exp run` commits experiments
@@ -63,12 +64,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_project(tmp_path_factory.mktemp("dvc_project"), tiny_params())
+
+
 def test_repro_runs_everything_then_nothing_then_only_the_changed_student(project: Path) -> None:
     facekd = str(Path(sys.executable).parent / "facekd")
     first = run([facekd, "repro"], project)  # what `make run` calls: dvc repro + a stage time table
     expected = {
-        "synth", "verification", "teacher", "embed", "index", "mine", "evaluate_teacher",
+        "synthetic/dvc.yaml:synth", "synthetic/dvc.yaml:verification", "synthetic/dvc.yaml:teacher",
+        "embed", "index", "mine", "evaluate_teacher",
         "train@alone", "train@distilled", "evaluate@alone", "evaluate@distilled",
+        "quantize@alone", "quantize@distilled", "evaluate_int8@alone", "evaluate_int8@distilled", "latency",
     }
     assert ran_stages(first) == expected
     table = first[first.index("stage times on"):]
@@ -87,16 +95,18 @@ def test_repro_runs_everything_then_nothing_then_only_the_changed_student(projec
     params["students"]["distilled"]["distillation"]["rpsd"] = 5.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run([sys.executable, "-m", "dvc", "repro"], project)
-    assert ran_stages(third) == {"train@distilled", "evaluate@distilled"}
+    distilled_stages = {"train@distilled", "evaluate@distilled", "quantize@distilled", "evaluate_int8@distilled", "latency"}
+    assert ran_stages(third) == distilled_stages
 
     # a sweep as the README shows it: `dvc exp run -S` on an existing key
     experiment = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "students.distilled.distillation.iled=2.0"], project)
-    assert ran_stages(experiment) == {"train@distilled", "evaluate@distilled"}
+    assert ran_stages(experiment) == distilled_stages
 
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show"], project)
     assert "data/eval/distilled/metrics.json" in metrics and "accuracy" in metrics
     results = run([facekd, "results"], project)
     assert "verification on heldout" in results and (project / "data/report/roc_heldout.png").is_file()
+    assert "distilled.int8" in results and (project / "data/report/accuracy_latency_heldout.png").is_file()
 
 
 def test_ablation_trains_evaluates_and_resumes_only_what_changed(project: Path) -> None:
