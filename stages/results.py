@@ -14,15 +14,13 @@ def deployment_columns(report: dict) -> dict[str, str]:
     throughput = next(name for name, setting in report["settings"].items() if setting["batch_size"] > 1)
     batch = report["settings"][throughput]["batch_size"]
     return {
-        "batch1_1thread": "b1 1-thread ms", "batch1_all_threads": "b1 all-threads ms",
-        throughput: f"b{batch} images/s", "size_bytes": "MB", "multiply_adds": "M MACs",
+        "batch1_1thread": "b1 1 thr ms", "batch1_all_threads": "b1 all ms",
+        throughput: f"b{batch} img/s", "size_bytes": "MB", "multiply_adds": "M MACs",
     }
 
 
-def deployment_cells(model: dict | None, columns: dict[str, str]) -> list[str]:
-    """The latency, throughput, size and multiply-add cells of one model ("-" when it was not timed)."""
-    if model is None:
-        return ["-"] * len(columns)
+def deployment_cells(model: dict, columns: dict[str, str]) -> list[str]:
+    """The latency, throughput, size and multiply-add cells of one timed model."""
     cells = []
     for key in columns:
         if key == "size_bytes":
@@ -80,9 +78,10 @@ def results(params_path: str, out_dir: str) -> None:
     if not evaluated:
         raise click.ClickException(f"{eval_root}: no evaluated models yet; run `dvc repro` first")
     pair_sets = sorted({s for name in evaluated for s in json.loads((evaluated[name] / "metrics.json").read_text())})
+    # Two tables, not one wide one: side by side they no longer fit an 80-column terminal.
     for pair_set in pair_sets:
         table = Table(title=f"verification on {pair_set}")
-        for column in ("model", "accuracy", "± std", "TAR@FAR=1e-2", "TAR@FAR=1e-3", "XNorm", *columns.values()):
+        for column in ("model", "accuracy", "± std", "TAR@1e-2", "TAR@1e-3", "XNorm"):
             table.add_column(column, justify="left" if column == "model" else "right")
         curves, accuracy = {}, {}
         for name, folder in evaluated.items():
@@ -92,7 +91,6 @@ def results(params_path: str, out_dir: str) -> None:
             table.add_row(
                 name, f"{metrics['accuracy']:.4f}", f"{metrics['accuracy_std']:.4f}",
                 _tar(metrics, "0.01"), _tar(metrics, "0.001"), f"{metrics['xnorm']:.2f}",
-                *(deployment_cells(latency["models"].get(name), columns) if latency else []),
             )
             curves[name] = folder / "roc" / f"{pair_set}.csv"
             accuracy[name] = metrics["accuracy"]
@@ -108,12 +106,21 @@ def results(params_path: str, out_dir: str) -> None:
             console.print(f"accuracy vs latency: {tradeoff_png}")
         roc_png = plot_roc_curves(curves, Path(out_dir) / f"roc_{pair_set}.png", f"ROC on {pair_set}")
         console.print(f"ROC curves: {roc_png}")
+    if latency:
+        runs = latency["settings"]["batch1_1thread"]["runs"]
+        table = Table(title=f"deployment cost (ONNX Runtime, CPU, median of {runs} runs)")
+        for column in ("model", *columns.values()):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for name in names:
+            if name in latency["models"]:
+                table.add_row(name, *deployment_cells(latency["models"][name], columns))
+        console.print(table)
     logs = {name: folder / "train_log.csv" for name, folder in models.items() if (folder / "train_log.csv").is_file()}
     if logs:
         console.print(f"training curves: {plot_training_curves(logs, Path(out_dir) / 'training_loss.png')}")
     console.print(f"metrics: {', '.join(str(folder / 'metrics.json') for folder in evaluated.values())} (also `dvc metrics show`)")
     if latency:
-        console.print(f"latency: {latency_path} (ONNX Runtime, CPU, median of {latency['settings']['batch1_1thread']['runs']} runs)")
+        console.print(f"latency: {latency_path}")
 
 
 def _tar(metrics: dict, far: str) -> str:

@@ -133,7 +133,7 @@ def test_pipeline_commands_quantize_evaluate_time_and_report(
     latency = json.loads((tmp_path / "eval" / "latency.json").read_text())
     assert set(latency["models"]) == {"teacher", "tiny", "tiny.int8"}
     output = invoke("results", "--out", str(tmp_path / "report"))
-    for column in ("b1 1-thread ms", "b1 all-threads ms", "b4 images/s", "MB", "M MACs"):
+    for column in ("b1 1 thr ms", "b1 all ms", "b4 img/s", "MB", "M MACs"):
         assert column in output, column
     assert "tiny.int8 vs fp32:" in output and "smaller" in output
     assert (tmp_path / "report" / "accuracy_latency_faces.png").is_file()
