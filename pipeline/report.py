@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from pipeline.evaluate import read_roc  # noqa: E402
+from pipeline.files import written_atomically  # noqa: E402
 
 
 def plot_roc_curves(curves: dict[str, Path], out_path: str | Path, title: str) -> Path:
@@ -58,9 +59,12 @@ def plot_accuracy_latency(points: dict[str, tuple[float, float]], out_path: str 
 
 
 def _save(figure: plt.Figure, out_path: str | Path) -> Path:
+    """Write the figure as PNG under a temporary name and publish it complete (as every output)."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(out_path)
-    plt.close(figure)
+    try:
+        with written_atomically(out_path) as temporary:
+            figure.savefig(temporary, format="png")
+    finally:
+        plt.close(figure)
     return out_path

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.data.dataset import FaceDataset
 from pipeline.distill import DistillationConfig, Distiller
 from pipeline.errors import FacekdError
-from pipeline.files import write_text_atomically, written_atomically
+from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
 from pipeline.losses import margin_head
 from pipeline.models import build_backbone
 from pipeline.models.export import export_onnx
@@ -253,9 +254,31 @@ def train(
     sample indices to train on (default all). `pair_offsets`/`pair_partners`: the mined pair
     table in CSR form, needed by the "pairs" sampler. Training images that fit in
     `images_memory_bytes` once decoded are decoded once and kept in memory (the same pixels).
+    One run writes `out_dir` at a time: a second one is refused at once, naming the first's PID.
     """
     out_dir = Path(out_dir)
     rank, world_size, device = _distributed()
+    with exclusive_writer(out_dir / CHECKPOINT) if rank == 0 else nullcontext():
+        return _train(
+            config, dataset, out_dir, rank, world_size, device, targets, usable, pair_offsets, pair_partners,
+            images_memory_bytes, progress,
+        )
+
+
+def _train(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    out_dir: Path,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    targets: TeacherTargets | None,
+    usable: np.ndarray | None,
+    pair_offsets: np.ndarray | None,
+    pair_partners: np.ndarray | None,
+    images_memory_bytes: int,
+    progress: bool,
+) -> TrainResult:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     if config.distillation.uses_teacher and targets is None:

@@ -158,3 +158,31 @@ def test_non_finite_loss_from_bad_targets_names_them_not_the_learning_rate(face_
 def test_learning_rate_must_be_positive_and_finite(lr: float) -> None:
     with pytest.raises(FacekdError, match=f"learning rate is {lr}; expected a positive finite number"):
         OptimConfig(lr=lr)
+
+
+def test_a_second_training_of_one_output_folder_is_refused_naming_the_first(
+    tmp_path: Path, face_folder: Path, tiny_store: Path
+) -> None:
+    """Two runs writing one student's folder would interleave their checkpoints: the second is refused at once."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "student"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from pipeline.files import exclusive_writer\n"
+            f"with exclusive_writer({str(out / CHECKPOINT)!r}):\n"
+            "    print('locked', flush=True); time.sleep(60)"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FacekdError, match=rf"another facekd process \(PID {holder.pid}\) is writing it"):
+            train(ONE_EPOCH, ImageFolderDataset(face_folder), out, targets=TeacherTargets(tiny_store), progress=False)
+        assert not (out / MODEL).exists() and not (out / CHECKPOINT).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(ONE_EPOCH, ImageFolderDataset(face_folder), out, targets=TeacherTargets(tiny_store), progress=False)
+    assert (out / MODEL).is_file() and result.resumed_from_epoch == 0
