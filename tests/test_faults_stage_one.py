@@ -539,18 +539,24 @@ def test_unreadable_index_file_with_a_matching_checksum_is_one_clear_error(tmp_p
 
 
 @pytest.fixture(scope="module")
-def one_image_blocks(tmp_path_factory: pytest.TempPathFactory, faces: Path, teacher: Path) -> Path:
-    """The uninterrupted store with one image per block (enough blocks to interrupt a run)."""
+def many_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough images that a run at one image per block lasts well past the signal, even on a loaded machine."""
+    return write_face_folder(tmp_path_factory.mktemp("many_faces") / "faces", identities=10, images=40)
+
+
+@pytest.fixture(scope="module")
+def one_image_blocks(tmp_path_factory: pytest.TempPathFactory, many_faces: Path, teacher: Path) -> Path:
+    """The uninterrupted store of `many_faces` with one image per block (enough blocks to interrupt a run)."""
     out = tmp_path_factory.mktemp("one_image_blocks")
-    params = write_params(out / "params.yaml", faces, teacher, out, block_size=1)
+    params = write_params(out / "params.yaml", many_faces, teacher, out, block_size=1)
     assert facekd("embed", "--params", str(params), "--quiet").returncode == 0
     return out / "store.h5"
 
 
 def test_ctrl_c_on_dask_embed_is_one_line_and_resumes_to_identical_bytes(
-    tmp_path: Path, faces: Path, teacher: Path, one_image_blocks: Path
+    tmp_path: Path, many_faces: Path, teacher: Path, one_image_blocks: Path
 ) -> None:
-    params = write_params(tmp_path / "params.yaml", faces, teacher, tmp_path, workers=2, block_size=1)
+    params = write_params(tmp_path / "params.yaml", many_faces, teacher, tmp_path, workers=2, block_size=1)
     store = tmp_path / "store.h5"
     process = subprocess.Popen(  # its own process group, which a terminal's Ctrl-C reaches as a whole
         [sys.executable, "-m", "stages.cli", "embed", "--params", str(params), "--quiet"], cwd=REPO,
