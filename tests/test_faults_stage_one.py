@@ -562,6 +562,9 @@ def test_ctrl_c_on_dask_embed_is_one_line_and_resumes_to_identical_bytes(
         [sys.executable, "-m", "stages.cli", "embed", "--params", str(params), "--quiet"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+        # As in a terminal: a test run started in the background (CI) inherits SIGINT ignored, and a
+        # Python started with SIGINT ignored never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for_blocks(process, journal_path(store), 3)
     os.killpg(process.pid, signal.SIGINT)
