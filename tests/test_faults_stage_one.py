@@ -119,6 +119,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return lines[0]
 
 
+def assert_rerun_gives_the_reference_store(params: Path, store: Path, reference_store: Path) -> None:
+    """Once the fault is gone, `facekd embed` again succeeds with the bytes of an uninterrupted run."""
+    rerun = facekd("embed", "--params", str(params), "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert store.read_bytes() == reference_store.read_bytes()
+
+
 def write_params(path: Path, faces: Path, teacher: Path, out: Path, **embed_changes: object) -> Path:
     embed_section = {
         "dataset": str(faces), "dataset_format": "auto", "teacher": str(teacher),
@@ -186,9 +193,7 @@ def test_file_size_limit_on_embed_is_one_line_and_the_rerun_is_identical(
     limited = facekd("embed", "--params", str(params), "--quiet", file_size_limit=limit)
     assert_one_line_error(limited, "store.h5", "cannot write (File too large")
     assert not (tmp_path / "store.h5").exists()
-    rerun = facekd("embed", "--params", str(params), "--quiet")
-    assert rerun.returncode == 0, rerun.stderr
-    assert (tmp_path / "store.h5").read_bytes() == (reference / "store.h5").read_bytes()
+    assert_rerun_gives_the_reference_store(params, tmp_path / "store.h5", reference / "store.h5")
     assert leftovers(tmp_path) == []
 
 
@@ -251,9 +256,7 @@ def test_full_disk_on_embed_is_one_line_and_the_rerun_is_identical(
     assert_one_line_error(full, "store.h5", "cannot write (No space left on device")
     assert not (small_tmpfs / "store.h5").exists() and leftovers(small_tmpfs) == []
     filler.unlink()
-    rerun = facekd("embed", "--params", str(params), "--quiet")
-    assert rerun.returncode == 0, rerun.stderr
-    assert (small_tmpfs / "store.h5").read_bytes() == (reference / "store.h5").read_bytes()
+    assert_rerun_gives_the_reference_store(params, small_tmpfs / "store.h5", reference / "store.h5")
 
 
 def test_disk_filling_up_during_embed_does_not_stop_it(
@@ -293,9 +296,7 @@ def test_disk_full_at_the_first_journal_line_keeps_a_resumable_partial(
     assert "rerun to resume" in lines[0]
     assert partial_path(small_tmpfs / "store.h5").exists() and not (small_tmpfs / "store.h5").exists()
     filler.unlink()
-    rerun = facekd("embed", "--params", str(params), "--quiet")
-    assert rerun.returncode == 0, rerun.stderr
-    assert (small_tmpfs / "store.h5").read_bytes() == (reference / "store.h5").read_bytes()
+    assert_rerun_gives_the_reference_store(params, small_tmpfs / "store.h5", reference / "store.h5")
 
 
 def test_full_disk_on_index_and_mine_is_one_line(
