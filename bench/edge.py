@@ -3,12 +3,12 @@
   python bench/edge.py [--section field|pair|all] [--runs 200] [--json edge.json]
 
 field: the field's shapes at 112 px (MobileFaceNet, iResNet-18/50/100, width 1.0), fp32 and static
-       int8 (`pipeline.quantize`, both formats tried, calibrated on random pixels), batch 1 on
+       int8 (`pipeline.evaluation.quantize`, both formats tried, calibrated on random pixels), batch 1 on
        one thread and on all threads.
 pair:  candidate default students and teachers at the default data's 64 px, fp32, batch 1 on one
        thread: which teacher is at least 2x slower than which student.
 Networks are randomly initialised (speed does not depend on the weights); all models of a
-section are timed in one interleaved loop (`pipeline.latency.time_interleaved`), so load from
+section are timed in one interleaved loop (`pipeline.evaluation.latency.time_interleaved`), so load from
 other processes affects them alike. Median and p95 of the warm runs.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.latency import Setting, count_onnx_multiply_adds, time_interleaved
-from pipeline.models import build_backbone
-from pipeline.models.export import export_onnx
-from pipeline.quantize import quantize_model
+from pipeline.evaluation.latency import Setting, count_onnx_multiply_adds, time_interleaved
+from pipeline.stage_two.models import build_backbone
+from pipeline.stage_two.models.export import export_onnx
+from pipeline.evaluation.quantize import quantize_model
 
 FIELD_MODELS = {"MobileFaceNet": ("mobilefacenet", 1.0), "iResNet-18": ("iresnet18", 1.0),
                 "iResNet-50": ("iresnet50", 1.0), "iResNet-100": ("iresnet100", 1.0)}

@@ -24,10 +24,10 @@ import torch
 
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.data.synth import generate_split
-from pipeline.embed import TeacherConfig, embed_dataset
-from pipeline.models import build_backbone
-from pipeline.models.export import export_onnx
-from pipeline.teacher import OnnxTeacher
+from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+from pipeline.stage_two.models import build_backbone
+from pipeline.stage_two.models.export import export_onnx
+from pipeline.face_model import OnnxFaceModel
 
 BATCH = 128
 
@@ -45,7 +45,7 @@ def best_of(runs: int, function) -> float:
 def network_throughput(onnx_path: Path, model: torch.nn.Module, images: np.ndarray) -> tuple[float, float]:
     """images/s (each image and its flip) of ONNX Runtime and of PyTorch eager, one thread each."""
     torch.set_num_threads(1)
-    teacher = OnnxTeacher(onnx_path, threads=1, batch_size=BATCH)
+    teacher = OnnxFaceModel(onnx_path, threads=1, batch_size=BATCH)
     both = np.concatenate([images, images[:, :, ::-1]])
 
     def run_onnx() -> None:

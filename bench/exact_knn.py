@@ -1,4 +1,4 @@
-"""Exact kNN streamed from the store (pipeline/exact_knn.py) vs FAISS Flat in memory, same run.
+"""Exact kNN streamed from the store (pipeline/stage_one/exact_knn.py) vs FAISS Flat in memory, same run.
 
     .venv/bin/python bench/exact_knn.py [--rows 200000] [--dim 128] [--queries 2000] [--repeats 3]
 
@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from mining import face_like_vectors  # noqa: E402
 
-from pipeline.exact_knn import block_search, search_streamed  # noqa: E402
-from pipeline.index import configure_faiss, read_unit_vectors, unit_vectors  # noqa: E402
-from pipeline.store import EmbeddingStore, StoreWriter  # noqa: E402
+from pipeline.stage_one.exact_knn import block_search, search_streamed  # noqa: E402
+from pipeline.stage_one.index import configure_faiss, read_unit_vectors, unit_vectors  # noqa: E402
+from pipeline.stage_one.store import EmbeddingStore, StoreWriter  # noqa: E402
 
 K_SEARCHED = 33
 BLOCK_SIZE = 65536

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from pipeline.train import StudentModel, TrainConfig
+from pipeline.stage_two.train import StudentModel, TrainConfig
 from stages.train import student_section
 from stages.training import train_config_from
 
@@ -42,7 +42,7 @@ def prepared_model(config: TrainConfig) -> tuple[StudentModel, torch.optim.Optim
 
 
 def step_seconds(model: StudentModel, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...]) -> float:
-    """One training step as pipeline/train.py runs it (without data loading)."""
+    """One training step as pipeline/stage_two/train.py runs it (without data loading)."""
     images, labels, indices, targets = batch
     started = time.perf_counter()
     embeddings, terms = model(images, labels, targets, indices, 1.0)

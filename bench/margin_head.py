@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipeline.losses import margin_head
+from pipeline.stage_two.losses import margin_head
 
 
 def step_seconds(head: torch.nn.Module, embeddings: torch.Tensor, labels: torch.Tensor) -> float:

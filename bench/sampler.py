@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.sampler import PairBatchSampler
+from pipeline.stage_two.sampler import PairBatchSampler
 
 PARTNERS_PER_ANCHOR = 12
 BATCH_SIZE = 128

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.checkpoint import read_checkpoint
-from pipeline.models import build_backbone, count_multiply_adds
-from pipeline.sampler import PairBatchSampler, RandomBatchSampler
-from pipeline.train import CHECKPOINT, StudentModel, collate_training_batch
-from pipeline.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
+from pipeline.stage_two.checkpoint import read_checkpoint
+from pipeline.stage_two.models import build_backbone, count_multiply_adds
+from pipeline.stage_two.sampler import PairBatchSampler, RandomBatchSampler
+from pipeline.stage_two.train import CHECKPOINT, StudentModel, collate_training_batch
+from pipeline.stage_two.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 from stages.params import load_section
 from stages.train import student_section, training_inputs
 from stages.training import train_config_from

@@ -17,11 +17,11 @@ from stages.params import load_section
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def ablation(params_path: str, section_name: str, only_rows: str | None, quiet: bool) -> None:
     """Train every row under every seed, evaluate on the first `evaluate.pairs` set, write a markdown table."""
-    from pipeline.ablation import markdown_table, run_rows
-    from pipeline.evaluate import evaluate_pairs, summary_metrics
+    from pipeline.evaluation.ablation import markdown_table, run_rows
+    from pipeline.evaluation.evaluate import evaluate_pairs, summary_metrics
     from pipeline.files import write_text_atomically
-    from pipeline.teacher import file_sha256
-    from pipeline.train import train
+    from pipeline.face_model import file_sha256
+    from pipeline.stage_two.train import train
     from stages.evaluate import open_model, pair_sets
     from stages.train import merged_section, training_inputs
     from stages.training import compile_where_safe, memory_budget_bytes, train_config_from

@@ -17,8 +17,8 @@ from stages.params import DEVICES, load_params, load_section, preprocessing_from
 def embed(params_path: str, workers: int | None, scheduler: str | None, quiet: bool) -> None:
     """Embed every image (and its flip) with the ONNX teacher into the HDF5 store."""
     from pipeline.data.open import DATASET_FORMATS, open_dataset
-    from pipeline.embed import TeacherConfig, embed_dataset
-    from pipeline.store import STORE_DTYPES
+    from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+    from pipeline.stage_one.store import STORE_DTYPES
 
     section = load_section(params_path, "embed")
     dataset_path = section.get("dataset", str)

@@ -11,20 +11,20 @@ from stages.params import DEVICES, Section, load_section, preprocessing_from
 
 if TYPE_CHECKING:
     from pipeline.data.verification_bin import VerificationPairs
-    from pipeline.teacher import OnnxTeacher
+    from pipeline.face_model import OnnxFaceModel
 
 
-def open_model(params_path: str, model_path: str | Path, as_teacher: bool) -> "OnnxTeacher":
+def open_model(params_path: str, model_path: str | Path, as_teacher: bool) -> "OnnxFaceModel":
     """The model to evaluate: a teacher with `embed.preprocessing`, a student with its training convention.
 
     Students are always trained on RGB, (x - 127.5) / 127.5; a teacher of your own may expect
     something else (e.g. BGR), which `embed.preprocessing` already describes.
     """
-    from pipeline.teacher import OnnxTeacher, Preprocessing
+    from pipeline.face_model import OnnxFaceModel, Preprocessing
 
     section = load_section(params_path, "evaluate")
     preprocessing = preprocessing_from(load_section(params_path, "embed").sub("preprocessing")) if as_teacher else Preprocessing()
-    return OnnxTeacher(
+    return OnnxFaceModel(
         model_path, preprocessing, device=section.choice("device", DEVICES, "auto"),
         batch_size=section.positive("batch_size"), resize=section.get("resize", bool, False),
     )
@@ -70,7 +70,7 @@ def evaluate(params_path: str, model_path: str, out_dir: str, as_teacher: bool) 
     A pair set is an insightface `.bin` file, or a text file of `path1 path2 0|1` lines (1 = same
     identity) with paths relative to the text file's folder.
     """
-    from pipeline.evaluate import evaluate_pairs, write_evaluation
+    from pipeline.evaluation.evaluate import evaluate_pairs, write_evaluation
 
     section = load_section(params_path, "evaluate")
     model = open_model(params_path, model_path, as_teacher)

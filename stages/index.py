@@ -11,9 +11,9 @@ from stages.params import load_section
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(params_path: str, quiet: bool) -> None:
     """Build the index (params: index.factory) and search all-vs-all kNN into index.knn."""
-    from pipeline.exact_knn import search_exact_streamed
-    from pipeline.index import DEVICES, VIEWS, build_index, search_knn, usable_rows
-    from pipeline.store import EmbeddingStore
+    from pipeline.stage_one.exact_knn import search_exact_streamed
+    from pipeline.stage_one.index import DEVICES, VIEWS, build_index, search_knn, usable_rows
+    from pipeline.stage_one.store import EmbeddingStore
 
     section = load_section(params_path, "index")
     index_path = section.get("out", str)

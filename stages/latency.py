@@ -30,7 +30,7 @@ def latency(params_path: str) -> None:
     the models take turns run by run, so load from other processes affects them alike.
     """
     from pipeline.files import write_text_atomically
-    from pipeline.latency import default_settings, latency_report
+    from pipeline.evaluation.latency import default_settings, latency_report
 
     section = load_section(params_path, "latency")
     settings = default_settings(

@@ -11,8 +11,8 @@ from stages.params import load_section
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def mine(params_path: str, quiet: bool) -> None:
     """Write the pair table, mining_summary.json, the similarity histogram and the suspicious pairs."""
-    from pipeline.mining import describe_pairs, mine_pairs, write_histogram_csv, write_pairs_csv, write_summary_json
-    from pipeline.store import EmbeddingStore
+    from pipeline.stage_one.mining import describe_pairs, mine_pairs, write_histogram_csv, write_pairs_csv, write_summary_json
+    from pipeline.stage_one.store import EmbeddingStore
 
     section = load_section(params_path, "mine")
     with EmbeddingStore(section.get("store", str)) as store:

@@ -37,8 +37,8 @@ def _selection_options(command):
 @contextmanager
 def _opened(params_path: str, pairs_path: str | None, store_path: str | None) -> Iterator[tuple]:
     """The pair table and the store it was mined from (checked), paths from params unless given."""
-    from pipeline.mining import PairTable
-    from pipeline.store import EmbeddingStore
+    from pipeline.stage_one.mining import PairTable
+    from pipeline.stage_one.store import EmbeddingStore
 
     if pairs_path is None or store_path is None:
         section = load_section(params_path, "mine")
@@ -63,7 +63,7 @@ def _anchors(store, identity: str | None, image: str | None) -> np.ndarray | Non
 
 
 def _selected(table, store, kind: str, count: int, identity: str | None, image: str | None) -> list:
-    from pipeline.mining import describe_pairs, hardest_pairs
+    from pipeline.stage_one.mining import describe_pairs, hardest_pairs
 
     pairs = hardest_pairs(table, KINDS[kind], count, _anchors(store, identity, image))
     return describe_pairs(pairs, store)
@@ -151,7 +151,7 @@ def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out
     """A PNG contact sheet of the hardest pairs, images side by side with keys, identities and similarity."""
     from pathlib import Path
 
-    from pipeline.contact_sheet import draw_contact_sheet
+    from pipeline.stage_one.contact_sheet import draw_contact_sheet
 
     with _opened(params_path, pairs_path, store_path) as (table, store):
         records = _selected(table, store, kind, count, identity, image)
@@ -172,7 +172,7 @@ def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) 
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.mining import describe_pairs, suspicious_pairs, write_pairs_csv
+    from pipeline.stage_one.mining import describe_pairs, suspicious_pairs, write_pairs_csv
 
     console = Console()
     with _opened(params_path, pairs_path, store_path) as (table, store):

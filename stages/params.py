@@ -9,7 +9,7 @@ import yaml
 from pipeline.errors import FacekdError
 
 if TYPE_CHECKING:
-    from pipeline.teacher import Preprocessing
+    from pipeline.face_model import Preprocessing
 
 MISSING = object()
 DEVICES = ("auto", "cpu", "cuda")
@@ -81,7 +81,7 @@ def load_section(path: str | Path, name: str) -> Section:
 
 def preprocessing_from(section: Section) -> "Preprocessing":
     """A teacher's `Preprocessing` from a section with channel_order, mean and std."""
-    from pipeline.teacher import Preprocessing
+    from pipeline.face_model import Preprocessing
 
     return Preprocessing(
         section.choice("channel_order", ("rgb", "bgr")), section.get("mean", float), section.positive("std", float)

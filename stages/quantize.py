@@ -24,7 +24,7 @@ def quantize(params_path: str, name: str) -> None:
     """
     from pipeline.data.open import open_dataset
     from pipeline.files import write_text_atomically
-    from pipeline.quantize import ACTIVATION_TYPES, FORMATS, METHODS, quantize_model, sample_images, student_pixels
+    from pipeline.evaluation.quantize import ACTIVATION_TYPES, FORMATS, METHODS, quantize_model, sample_images, student_pixels
     from stages.train import student_section
 
     student = student_section(params_path, name)

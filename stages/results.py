@@ -60,7 +60,7 @@ def results(params_path: str, out_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.report import plot_accuracy_latency, plot_roc_curves, plot_training_curves
+    from pipeline.evaluation.report import plot_accuracy_latency, plot_roc_curves, plot_training_curves
 
     params = load_params(params_path)
     students = list((params.get("students") or {}).keys())

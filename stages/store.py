@@ -21,7 +21,7 @@ def info(path: str, max_skipped: int, verify: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.store import EmbeddingStore
+    from pipeline.stage_one.store import EmbeddingStore
 
     console = Console()
     with EmbeddingStore(path) as opened:

@@ -16,7 +16,7 @@ from stages.params import load_section
 def teacher(params_path: str, quiet: bool) -> None:
     """Train a margin-loss backbone on `teacher.dataset` and export it to `<teacher.out>/model.onnx`."""
     from pipeline.data.open import open_dataset
-    from pipeline.train import MODEL, train
+    from pipeline.stage_two.train import MODEL, train
     from stages.training import compile_where_safe, memory_budget_bytes, train_config_from
 
     section = load_section(params_path, "teacher")

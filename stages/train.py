@@ -10,8 +10,8 @@ from pipeline.errors import FacekdError
 from stages.params import Section, load_params, load_section
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
-    from pipeline.training_data import TrainingInputs
+    from pipeline.stage_two.train import TrainConfig
+    from pipeline.stage_two.training_data import TrainingInputs
 
 
 def merged_section(params_path: str, group: str, name: str, overrides: Any) -> Section:
@@ -34,7 +34,7 @@ def student_section(params_path: str, name: str) -> Section:
 def training_inputs(section: Section, configs: list["TrainConfig"]) -> "TrainingInputs":
     """The data a training section names, loaded once for all `configs` (targets / pairs only if used)."""
     from pipeline.data.open import open_dataset
-    from pipeline.training_data import load_training_inputs
+    from pipeline.stage_two.training_data import load_training_inputs
     from stages.training import memory_budget_bytes
 
     return load_training_inputs(
@@ -52,7 +52,7 @@ def training_inputs(section: Section, configs: list["TrainConfig"]) -> "Training
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(params_path: str, name: str, quiet: bool) -> None:
     """Train one student from the cached teacher embeddings (and mined pairs); export it to ONNX."""
-    from pipeline.train import MODEL, train as train_student
+    from pipeline.stage_two.train import MODEL, train as train_student
     from stages.training import compile_where_safe, memory_budget_bytes, train_config_from
 
     section = student_section(params_path, name)

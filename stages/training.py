@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import click
 import torch
 
-from pipeline.compile_guard import ProbeSpec, decide, restart_environment
-from pipeline.distill import DistillationConfig
+from pipeline.stage_two.compile_guard import ProbeSpec, decide, restart_environment
+from pipeline.stage_two.distill import DistillationConfig
 from pipeline.errors import FacekdError
-from pipeline.models import BACKBONE_NAMES
-from pipeline.train import OptimConfig, TrainConfig
+from pipeline.stage_two.models import BACKBONE_NAMES
+from pipeline.stage_two.train import OptimConfig, TrainConfig
 from stages.params import Section
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def memory_budget_bytes(section: Section, key: str, default_gb: float) -> int:
 def compile_where_safe(configs: list[TrainConfig], dataset: FaceDataset, usable: np.ndarray | None = None) -> list[TrainConfig]:
     """`configs`, with `compile` turned off where torch.compile was found unsafe on this machine.
 
-    `pipeline.compile_guard` decides (probing in child processes, once per machine). A verdict
+    `pipeline.stage_two.compile_guard` decides (probing in child processes, once per machine). A verdict
     that needs a variable set from process start (oneDNN's ISA cap) restarts this process with
     it: `exec` keeps the process id, so exit status, Ctrl-C, kill and torchrun are unaffected.
     Prints one line per compiled configuration: the path chosen and why.

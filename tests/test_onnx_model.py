@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from pipeline.errors import FacekdError
 from pipeline.onnx_model import load_onnx
-from pipeline.teacher import OnnxTeacher
+from pipeline.face_model import OnnxFaceModel
 
 WEIGHTS = np.arange(1, 13, dtype=np.float32).reshape(3, 4)  # what a legitimate weight file holds
 CANARY = np.full((3, 4), 7.25, dtype=np.float32)  # a file the model must never read
@@ -93,7 +93,7 @@ def test_external_data_in_the_models_folder_is_read(folders: Path, kind: str) ->
         _face_model(path, sparse=_sparse("weights.bin"))
     else:
         _face_model(path, sparse=_sparse(None, "indices.bin"))
-    embedding = OnnxTeacher(path, device="cpu").embed(BLACK)
+    embedding = OnnxFaceModel(path, device="cpu").embed(BLACK)
     np.testing.assert_allclose(embedding[0], -WEIGHTS.sum(axis=0))
 
 
@@ -104,7 +104,7 @@ def test_the_sparse_attack_is_real_without_the_check(folders: Path) -> None:
     (leaked,) = session.run(["embedding"], {"input": -np.ones((1, 3, 16, 16), dtype=np.float32)})
     np.testing.assert_allclose(leaked[0], -CANARY.sum(axis=0))
     with pytest.raises(FacekdError, match="face.onnx: graph sparse initializer 'W' .*'cwd_canary.txt', which does not exist"):
-        OnnxTeacher(path, device="cpu")
+        OnnxFaceModel(path, device="cpu")
 
 
 def _constant(location: str) -> onnx.NodeProto:
@@ -147,7 +147,7 @@ def _constant_in_if_branch(location: str) -> onnx.NodeProto:
 def test_external_data_outside_the_folder_is_refused(folders: Path, build, message: str) -> None:
     path = _face_model(folders / "model" / "face.onnx", **build())
     with pytest.raises(FacekdError, match="face.onnx: .*" + message):
-        OnnxTeacher(path, device="cpu")
+        OnnxFaceModel(path, device="cpu")
 
 
 def test_absolute_paths_symlinks_out_and_bad_offsets_are_refused(folders: Path) -> None:

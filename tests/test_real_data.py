@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from pipeline.data.recordio import RecordIODataset, write_recordio
 from pipeline.data.synth import encode_jpeg, generate_split, render_image
 from pipeline.data.verification_bin import load_bin
-from pipeline.store import EmbeddingStore
-from pipeline.teacher import OnnxTeacher, Preprocessing
-from pipeline.verification import verification_report
+from pipeline.stage_one.store import EmbeddingStore
+from pipeline.face_model import OnnxFaceModel, Preprocessing
+from pipeline.evaluation.verification import verification_report
 from stages.cli import cli
 from stages.training import deep_merge
 from tests.test_dvc_pipeline import REPO, init_project, ran_stages, run, tiny_params
@@ -53,9 +53,9 @@ def unit_rows(embeddings: np.ndarray) -> np.ndarray:
 def test_wrong_preprocessing_silently_changes_sface_embeddings() -> None:
     """The README's warning: SFace runs with any convention, but only its own gives its embeddings."""
     images = np.stack([render_image(0, identity, 0, SIZE) for identity in range(4)])
-    right = unit_rows(OnnxTeacher(SFACE, SFACE_PREPROCESSING, threads=1).embed(images))
-    insightface = unit_rows(OnnxTeacher(SFACE, INSIGHTFACE_PREPROCESSING, threads=1).embed(images))
-    swapped = unit_rows(OnnxTeacher(SFACE, Preprocessing("rgb", 0.0, 1.0), threads=1).embed(images))
+    right = unit_rows(OnnxFaceModel(SFACE, SFACE_PREPROCESSING, threads=1).embed(images))
+    insightface = unit_rows(OnnxFaceModel(SFACE, INSIGHTFACE_PREPROCESSING, threads=1).embed(images))
+    swapped = unit_rows(OnnxFaceModel(SFACE, Preprocessing("rgb", 0.0, 1.0), threads=1).embed(images))
     assert np.all(np.isfinite(insightface))
     assert np.abs(np.sum(right * insightface, axis=1)).max() < 0.5
     assert np.sum(right * swapped, axis=1).max() < 0.99
@@ -110,7 +110,7 @@ def test_readme_real_data_steps_run_end_to_end_then_do_nothing(tmp_path: Path) -
     assert not (root / "data" / "synth").exists()
 
     # the teacher's pass used SFace's own convention
-    sface = OnnxTeacher(SFACE, SFACE_PREPROCESSING, threads=1)
+    sface = OnnxFaceModel(SFACE, SFACE_PREPROCESSING, threads=1)
     with EmbeddingStore(root / "data/store/teacher_embeddings.h5") as store:
         stored = store.read_embeddings()[:, 0].astype(np.float32)
     dataset = RecordIODataset(training_set / "train.rec")

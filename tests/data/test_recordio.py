@@ -211,8 +211,8 @@ def test_writer_rejects_labels_float32_cannot_hold(tmp_path):
 def test_open_dataset_finds_an_insightface_folder_and_embed_reads_it(tmp_path, tiny_teacher):
     """A faces_emore-style folder (train.rec + train.idx) goes through stage one like an image folder."""
     from pipeline.data.open import open_dataset
-    from pipeline.embed import TeacherConfig, embed_dataset
-    from pipeline.store import EmbeddingStore
+    from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+    from pipeline.stage_one.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
     samples = []

@@ -1,0 +1,1 @@
+"""What a trained model is worth: verification accuracy, int8 quantization, latency, reports."""

@@ -1,0 +1,436 @@
+"""The FAISS index over the teacher's embeddings and the all-vs-all kNN search mining reads.
+
+What is indexed: one unit vector per usable image (skipped images are left out), by default
+the teacher's embedding of the image view (store view 0), so a pair's score is exactly the
+T_ij that RPSD computes for unflipped images; `view="mean"` indexes normalise(image + flip),
+the embedding the verification protocol uses. Inner product on unit vectors is cosine.
+Index row r is the r-th usable store row (`usable_rows`), so no id map is stored: the
+provenance hash in the sidecar pins the store, and with it the skipped rows.
+
+Files: `<index>` (faiss.write_index) and `<index>.json` (IndexMetadata, with the index file's
+checksum, checked on load); the kNN result is an HDF5 file with `neighbours` (N x k int64 store
+rows) and `similarities` (N x k float32), row i for store row i; -1 / NaN where there is no
+neighbour (skipped images), and their content checksum (`KnnFile.verify`). Each output is written
+by one process at a time, under a temporary name, and published only when complete and verified.
+The query for image i never returns i, and the flip view is never a separate row, so "self or own
+flip" cannot appear.
+
+Exact search (`Flat`) holds the database in the index (N x D float32) and streams the queries
+from the store block by block. GPU search is used when FAISS has GPU support and a GPU, for
+k + 1 <= 2048 (FAISS's GPU limit); see `search_device`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import faiss
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.checksums import file_checksum, new_checksum
+from pipeline.errors import FacekdError, ProvenanceMismatchError
+from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
+from pipeline.hdf5 import verify_columns, written_hdf5
+from pipeline.stage_one.store import EmbeddingStore, check_finite_rows, read_rows
+
+log = logging.getLogger(__name__)
+
+VIEWS = ("image", "mean")
+DEVICES = ("auto", "cpu", "cuda")
+GPU_MAX_K = 2048  # largest k a FAISS GPU index can search
+METRIC = "inner_product"
+KNN_COLUMNS = ("neighbours", "similarities")
+FLAT_DATABASE_BLOCK = 16384  # database rows per BLAS block of an exact search (FAISS's default: 1024)
+
+
+@dataclass(frozen=True)
+class IndexMetadata:
+    """The sidecar of an index file: which store it indexes and how."""
+
+    store_provenance_hash: str
+    store_path: str
+    factory: str
+    view: str
+    metric: str
+    ntotal: int
+    dim: int
+    train_sample: int
+    seed: int
+    faiss_version: str
+    index_checksum: str  # of the index file's bytes
+
+
+@dataclass(frozen=True)
+class KnnSummary:
+    knn_path: Path
+    device: str
+    k: int
+    num_queries: int
+
+
+def metadata_path(index_path: str | Path) -> Path:
+    index_path = Path(index_path)
+    return index_path.with_name(index_path.name + ".json")
+
+
+def configure_faiss(threads: int) -> None:
+    """FAISS's OpenMP threads (0: FAISS's default, all cores) and its exact-search blocking.
+
+    Exact search computes query-block x database-block similarity matrices with BLAS and keeps
+    a heap per query. FAISS's default of 1024 database rows per block spends much of an
+    all-vs-all search on per-block overhead; FLAT_DATABASE_BLOCK rows measured 1.8-2.7x faster
+    (bench/mining.py, BENCHMARKS.md), for a scratch matrix of 4096 x 16384 float32 = 256 MiB.
+    """
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
+    faiss.cvar.distance_compute_blas_database_bs = FLAT_DATABASE_BLOCK
+
+
+def usable_rows(store: EmbeddingStore) -> np.ndarray:
+    """Store rows that are indexed and mined: every image that was not skipped."""
+    return np.flatnonzero(~store.skipped)
+
+
+def unit_vectors(embeddings: np.ndarray, view: str) -> np.ndarray:
+    """n x 2 x D store rows -> n x D float32 unit vectors of `view` ("image" or "mean")."""
+    if view not in VIEWS:
+        raise FacekdError(f"view is {view!r}; expected one of {', '.join(VIEWS)}")
+    embeddings = embeddings.astype(np.float32)
+    vectors = embeddings[:, 0] if view == "image" else embeddings.sum(axis=1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, np.finfo(np.float32).tiny))
+
+
+def iter_unit_vectors(
+    store: EmbeddingStore, view: str, block_size: int, first: int = 0, end: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(usable store rows, their unit vectors) block by block, in store order, rows [first, end)."""
+    end = len(store) if end is None else min(end, len(store))
+    for start in range(first, end, block_size):
+        stop = min(start + block_size, end)
+        usable = ~store.skipped[start:stop]
+        if usable.any():
+            yield start + np.flatnonzero(usable), unit_vectors(store.embeddings[start:stop][usable], view)
+
+
+def read_unit_vectors(store: EmbeddingStore, rows: np.ndarray, view: str) -> np.ndarray:
+    """Unit vectors of some store rows (sorted, unique)."""
+    return unit_vectors(read_rows(store.embeddings, rows), view)
+
+
+def _training_vectors(store: EmbeddingStore, view: str, train_sample: int, seed: int, block_size: int) -> np.ndarray:
+    """A seeded random sample of usable rows, read in one streaming pass over the store."""
+    rows = usable_rows(store)
+    chosen = np.zeros(len(store), dtype=bool)
+    chosen[np.random.default_rng(seed).choice(rows, min(train_sample, len(rows)), replace=False)] = True
+    parts = [vectors[chosen[block_rows]] for block_rows, vectors in iter_unit_vectors(store, view, block_size)]
+    return np.concatenate(parts)
+
+
+def build_index(
+    store: EmbeddingStore,
+    index_path: str | Path,
+    *,
+    factory: str = "Flat",
+    view: str = "image",
+    train_sample: int = 100_000,
+    seed: int = 0,
+    block_size: int = 65536,
+    threads: int = 0,
+    progress: bool = True,
+) -> IndexMetadata:
+    """Build the `factory` index (any faiss.index_factory string) over the store and write it atomically."""
+    index_path = Path(index_path)
+    with exclusive_writer(index_path):
+        return _build_index(store, index_path, factory, view, train_sample, seed, block_size, threads, progress)
+
+
+def _build_index(
+    store: EmbeddingStore, index_path: Path, factory: str, view: str, train_sample: int, seed: int,
+    block_size: int, threads: int, progress: bool,
+) -> IndexMetadata:
+    configure_faiss(threads)
+    if not usable_rows(store).size:
+        raise FacekdError(f"{store.path}: every image is skipped; nothing to index")
+    check_finite_rows(store, block_size)
+    try:
+        index = faiss.index_factory(store.embedding_dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise FacekdError(f"index factory {factory!r} is not a valid faiss.index_factory string ({error})") from None
+    trained_on = 0
+    if not index.is_trained:
+        training = _training_vectors(store, view, train_sample, seed, block_size)
+        trained_on = len(training)
+        try:
+            index.train(training)
+        except RuntimeError as error:
+            raise FacekdError(f"index factory {factory!r}: training on {trained_on} vectors failed ({error})") from None
+    bar = tqdm(total=len(usable_rows(store)), unit="img", desc=f"index {index_path.name}", disable=not progress)
+    for block_rows, vectors in iter_unit_vectors(store, view, block_size):
+        index.add(vectors)
+        bar.update(len(block_rows))
+    bar.close()
+    return publish_index(index, index_path, store, factory, view, trained_on, seed)
+
+
+def publish_index(
+    index: faiss.Index, index_path: Path, store: EmbeddingStore, factory: str, view: str, train_sample: int, seed: int
+) -> IndexMetadata:
+    """Write the index file atomically, then its sidecar with the file's checksum and provenance."""
+    index_checksum = write_index_file(index, index_path)
+    metadata = IndexMetadata(
+        store_provenance_hash=store.provenance_hash, store_path=str(store.path), factory=factory, view=view,
+        metric=METRIC, ntotal=int(index.ntotal), dim=store.embedding_dim, train_sample=train_sample, seed=seed,
+        faiss_version=faiss.__version__, index_checksum=index_checksum,
+    )
+    write_text_atomically(metadata_path(index_path), json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+def write_index_file(index: faiss.Index, index_path: Path) -> str:
+    """Write a FAISS index atomically and return the checksum of its bytes.
+
+    Written through Python: FAISS writing to a path reports a failed write (full disk, file-size
+    limit) only on stderr and returns normally, leaving a truncated file.
+    """
+    written = new_checksum()
+    with written_atomically(index_path) as temporary:
+        with open(temporary, "wb") as stream:
+
+            def write(chunk: bytes) -> None:
+                written.update(chunk)
+                stream.write(chunk)
+
+            faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+        if file_checksum(temporary) != written.hexdigest():
+            raise FacekdError(f"{temporary}: reads back differently from what was written (unreliable storage)")
+    return written.hexdigest()
+
+
+def _faiss_reason(error: RuntimeError) -> str:
+    """The useful line of a FAISS error (its message starts with the C++ source location)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else "FAISS error"
+
+
+def read_metadata(index_path: str | Path) -> IndexMetadata:
+    path = metadata_path(index_path)
+    if not Path(index_path).is_file() or not path.is_file():
+        raise FacekdError(f"{index_path}: index or its metadata {path.name} not found; run `facekd index`")
+    try:
+        return IndexMetadata(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise FacekdError(f"{path}: not a facekd index metadata file ({error})") from None
+
+
+def check_store_hash(path: str | Path, recorded_hash: str, store: EmbeddingStore) -> None:
+    """Refuse an artefact (index, kNN file, pair table) built from another store than `store`."""
+    if recorded_hash != store.provenance_hash:
+        raise ProvenanceMismatchError(
+            f"{path} was built from a store with provenance hash {recorded_hash}, but {store.path} has "
+            f"provenance hash {store.provenance_hash}; rebuild it from this store"
+        )
+
+
+def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Index, IndexMetadata]:
+    """The CPU index and its metadata; refuses an index built from another store, or damaged since it was written."""
+    metadata = read_metadata(index_path)
+    check_store_hash(index_path, metadata.store_provenance_hash, store)
+    if file_checksum(Path(index_path)) != metadata.index_checksum:
+        raise FacekdError(
+            f"{index_path}: content does not match the checksum in {metadata_path(index_path).name} (the file is "
+            "damaged, or was replaced without its metadata); run `facekd index` again"
+        )
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as error:
+        raise FacekdError(f"{index_path}: not a readable FAISS index ({_faiss_reason(error)}); run `facekd index` again") from None
+    usable = len(usable_rows(store))
+    if index.ntotal != usable or metadata.ntotal != usable:
+        raise FacekdError(f"{index_path}: holds {index.ntotal} vectors but {store.path} has {usable} usable images")
+    return index, metadata
+
+
+def set_search_parameters(index: faiss.Index, nprobe: int, ef_search: int) -> dict[str, int]:
+    """Set nprobe (IVF) and efSearch (HNSW, also an HNSW coarse quantizer) where the index has them."""
+    space = faiss.ParameterSpace()
+    space.initialize(index)
+    available = {space.parameter_ranges.at(i).name for i in range(space.parameter_ranges.size())}
+    wanted = {"nprobe": nprobe, "efSearch": ef_search, "quantizer_efSearch": ef_search}
+    applied = {name: value for name, value in wanted.items() if name in available}
+    for name, value in applied.items():
+        space.set_index_parameter(index, name, value)
+    return applied
+
+
+def faiss_has_gpu() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def search_device(requested: str, gpu_available: bool, k_searched: int) -> tuple[str, str]:
+    """("cpu" or "cuda", a warning or "") for a search of `k_searched` neighbours per query.
+
+    auto: the GPU when there is one, unless k_searched exceeds FAISS's GPU limit (then the CPU,
+    with a warning). cuda: the GPU or a FacekdError saying why not.
+    """
+    if requested not in DEVICES:
+        raise FacekdError(f"device is {requested!r}; expected one of {', '.join(DEVICES)}")
+    too_large = k_searched > GPU_MAX_K
+    if requested == "cuda":
+        if not gpu_available:
+            raise FacekdError("device is 'cuda' but FAISS has no GPU support or sees no GPU; use device: auto or cpu")
+        if too_large:
+            raise FacekdError(
+                f"knn_k + 1 = {k_searched} exceeds FAISS's GPU limit of {GPU_MAX_K} neighbours; "
+                "lower knn_k or use device: cpu"
+            )
+        return "cuda", ""
+    if requested == "auto" and gpu_available:
+        if too_large:
+            return "cpu", f"knn_k + 1 = {k_searched} exceeds FAISS's GPU limit of {GPU_MAX_K}; searching on the CPU"
+        return "cuda", ""
+    return "cpu", ""
+
+
+def _to_gpu(index: faiss.Index, requested: str) -> tuple[faiss.Index, str]:
+    """The index on every GPU; with device auto, an index type FAISS cannot clone stays on the CPU."""
+    try:
+        return faiss.index_cpu_to_all_gpus(index), "cuda"
+    except RuntimeError as error:
+        if requested == "cuda":
+            raise FacekdError(f"this index type cannot run on the GPU ({error}); use device: cpu") from None
+        log.warning("this index type cannot run on the GPU (%s); searching on the CPU", error)
+        return index, "cpu"
+
+
+def drop_self(
+    neighbours: np.ndarray, similarities: np.ndarray, query_rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first k results of each query that are not the query itself (searched with k + 1)."""
+    is_self = neighbours == query_rows[:, None]
+    order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(neighbours, order, axis=1), np.take_along_axis(similarities, order, axis=1)
+
+
+def search_knn(
+    store: EmbeddingStore,
+    index_path: str | Path,
+    knn_path: str | Path,
+    *,
+    k: int = 32,
+    device: str = "auto",
+    nprobe: int = 16,
+    ef_search: int = 128,
+    block_size: int = 65536,
+    threads: int = 0,
+    progress: bool = True,
+) -> KnnSummary:
+    """Every usable image's k nearest other images, written to `knn_path` (HDF5, atomically)."""
+    knn_path = Path(knn_path)
+    configure_faiss(threads)
+    index, metadata = load_index(index_path, store)
+    if k <= 0 or k >= index.ntotal:
+        raise FacekdError(f"knn_k is {k}; expected 1 .. {index.ntotal - 1} (the store has {index.ntotal} usable images)")
+    set_search_parameters(index, nprobe, ef_search)
+    chosen, warning = search_device(device, faiss_has_gpu(), k + 1)
+    if warning:
+        log.warning(warning)
+    if chosen == "cuda":
+        index, chosen = _to_gpu(index, device)
+    rows_of_index = usable_rows(store)
+    bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
+
+    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for start in range(0, len(store), block_size):
+            stop = min(start + block_size, len(store))
+            block_neighbours = np.full((stop - start, k), -1, np.int64)
+            block_similarities = np.full((stop - start, k), np.nan, np.float32)
+            query_rows = start + np.flatnonzero(~store.skipped[start:stop])
+            if len(query_rows):
+                similarities, found = index.search(read_unit_vectors(store, query_rows, metadata.view), k + 1)
+                found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
+                found_rows, similarities = drop_self(found_rows, similarities, query_rows, k)
+                block_neighbours[query_rows - start] = found_rows
+                block_similarities[query_rows - start] = np.where(found_rows >= 0, similarities, np.nan)
+            bar.update(len(query_rows))
+            yield start, block_neighbours, block_similarities
+
+    attributes = dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search)
+    write_knn(knn_path, attributes, len(store), k, block_size, blocks())
+    bar.close()
+    return KnnSummary(knn_path, chosen, k, len(rows_of_index))
+
+
+def write_knn(
+    knn_path: Path,
+    attributes: dict[str, Any],
+    num_rows: int,
+    k: int,
+    block_size: int,
+    blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
+) -> None:
+    """Write a kNN file (what `KnnFile` reads, checksummed) from (first store row, neighbours,
+    similarities) blocks that cover every store row in order (-1 / NaN rows for skipped images)."""
+    with exclusive_writer(knn_path), written_hdf5(knn_path, KNN_COLUMNS) as (knn_file, checksum):
+        for name, value in sorted(attributes.items()):
+            knn_file.attrs[name] = value
+        chunk_rows = min(block_size, num_rows)
+        neighbours_out = knn_file.create_dataset(
+            "neighbours", (num_rows, k), "int64", chunks=(chunk_rows, k), fillvalue=-1, track_times=False
+        )
+        similarities_out = knn_file.create_dataset(
+            "similarities", (num_rows, k), "float32", chunks=(chunk_rows, k), fillvalue=np.nan, track_times=False
+        )
+        for start, block_neighbours, block_similarities in blocks:
+            stop = start + len(block_neighbours)
+            neighbours_out[start:stop] = block_neighbours
+            similarities_out[start:stop] = block_similarities
+            checksum.update("neighbours", block_neighbours)
+            checksum.update("similarities", block_similarities)
+
+
+class KnnFile:
+    """Read access to a kNN result; refuses one searched over another store."""
+
+    def __init__(self, path: str | Path, store: EmbeddingStore) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FacekdError(f"{self.path}: kNN file not found; run `facekd index`")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise FacekdError(f"{self.path}: not a readable HDF5 file ({error})") from None
+        if "neighbours" not in self.file or "store_provenance_hash" not in self.file.attrs:
+            self.file.close()
+            raise FacekdError(f"{self.path}: not a facekd kNN file (no neighbours dataset or store hash)")
+        try:
+            check_store_hash(self.path, self.file.attrs["store_provenance_hash"], store)
+        except ProvenanceMismatchError:
+            self.file.close()
+            raise
+        self.neighbours = self.file["neighbours"]
+        self.similarities = self.file["similarities"]
+        self.k = int(self.file.attrs["k"])
+        self.view = str(self.file.attrs["view"])
+        self.factory = str(self.file.attrs["factory"])
+
+    def verify(self) -> None:
+        """Refuse a kNN file whose content no longer matches its checksum (reads the whole file)."""
+        verify_columns(self.file, self.path, KNN_COLUMNS, "run `facekd index` again")
+
+    def __enter__(self) -> "KnnFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's exact top k that the approximate top k also holds."""
+    hits = [len(np.intersect1d(approximate[:k], truth[:k])) for approximate, truth in zip(found, exact)]
+    return float(np.mean(hits)) / k

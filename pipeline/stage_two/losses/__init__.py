@@ -1,0 +1,23 @@
+"""Training losses: margin heads, ILED, RPSD and the baseline distillation losses."""
+from pipeline.stage_two.losses.baselines import AdaArcDistillLoss, FCLoss, RawL2Loss, RKDLoss, SPLoss
+from pipeline.stage_two.losses.iled import ILEDLoss, iled_rho
+from pipeline.stage_two.losses.margin import CombinedMarginHead, PartialMarginHead, combined_margin_logits, margin_head
+from pipeline.stage_two.losses.projector import embedding_projector
+from pipeline.stage_two.losses.rpsd import RPSDLoss, mine_rpsd_pairs
+
+__all__ = [
+    "AdaArcDistillLoss",
+    "CombinedMarginHead",
+    "FCLoss",
+    "ILEDLoss",
+    "PartialMarginHead",
+    "RKDLoss",
+    "RPSDLoss",
+    "RawL2Loss",
+    "SPLoss",
+    "combined_margin_logits",
+    "embedding_projector",
+    "iled_rho",
+    "margin_head",
+    "mine_rpsd_pairs",
+]

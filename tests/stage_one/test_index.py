@@ -1,0 +1,242 @@
+"""The FAISS index and the all-vs-all kNN search: real FAISS, real HDF5 stores with known answers."""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.errors import FacekdError, ProvenanceMismatchError
+from pipeline.stage_one.index import (
+    GPU_MAX_K, KnnFile, build_index, faiss_has_gpu, load_index, metadata_path, recall_at_k, search_device, search_knn,
+    unit_vectors,
+)
+from pipeline.stage_one.store import EmbeddingStore, StoreWriter, provenance_hash, read_rows
+
+
+def write_store(
+    path: Path,
+    image_view: np.ndarray,
+    labels: np.ndarray,
+    *,
+    flip_view: np.ndarray | None = None,
+    skipped: np.ndarray | None = None,
+    teacher: str = "a",
+    block_size: int = 64,
+) -> Path:
+    """A store with hand-built embeddings; the flip view defaults to a copy of the image view."""
+    num_images, dim = image_view.shape
+    flip_view = image_view if flip_view is None else flip_view
+    skipped = np.zeros(num_images, bool) if skipped is None else skipped
+    embeddings = np.stack([image_view, flip_view], axis=1).astype(np.float32)
+    embeddings[skipped] = 0
+    provenance = {"teacher_sha256": teacher * 64, "dataset_kind": "image_folder", "dataset_fingerprint": "f" * 64}
+    names = [f"id{label}" for label in range(int(labels.max()) + 1)]
+    keys = [f"id{label}/{row:04d}.jpg" for row, label in enumerate(labels)]
+    writer = StoreWriter(path, provenance, labels, keys, names, dim, block_size)
+    for block in writer.pending_blocks:
+        start, stop = writer.layout.bounds(block)
+        block_embeddings = embeddings[start:stop]
+        writer.write_block(
+            block, block_embeddings.astype(np.float16), np.linalg.norm(block_embeddings, axis=2),
+            skipped[start:stop].astype(np.uint8),
+        )
+    return writer.finalize()
+
+
+def clustered_vectors(num_clusters: int, per_cluster: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Identities as clusters on the sphere, like face embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_clusters, dim))
+    labels = np.repeat(np.arange(num_clusters), per_cluster)
+    vectors = centres[labels] / np.sqrt(dim) + spread * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
+    return vectors.astype(np.float32), labels
+
+
+def brute_force_knn(store_path: Path, k: int, view: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Each usable row's k most similar other usable rows, by a full numpy similarity matrix."""
+    with EmbeddingStore(store_path) as store:
+        vectors = unit_vectors(store.read_embeddings(), view)
+        usable = ~store.skipped
+    similarities = vectors @ vectors.T
+    similarities[:, ~usable] = -np.inf
+    np.fill_diagonal(similarities, -np.inf)
+    neighbours = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    neighbours[~usable] = -1
+    return neighbours, np.take_along_axis(similarities, np.maximum(neighbours, 0), axis=1)
+
+
+def index_and_search(store_path: Path, tmp_path: Path, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    search_options = {name: options.pop(name) for name in ("nprobe", "ef_search", "device") if name in options}
+    with EmbeddingStore(store_path) as store:
+        build_index(store, tmp_path / "index.faiss", block_size=50, progress=False, **options)
+        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=k, block_size=50, progress=False, **search_options)
+        with KnnFile(tmp_path / "knn.h5", store) as knn:
+            return knn.neighbours[:], knn.similarities[:]
+
+
+@pytest.fixture
+def random_store(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 20, 300)
+    skipped = np.zeros(300, bool)
+    skipped[[3, 64, 65, 299]] = True
+    return write_store(tmp_path / "store.h5", rng.normal(size=(300, 16)), labels,
+                       flip_view=rng.normal(size=(300, 16)), skipped=skipped)
+
+
+@pytest.mark.parametrize("view", ["image", "mean"])
+def test_exact_neighbours_equal_brute_force(tmp_path: Path, random_store: Path, view: str) -> None:
+    neighbours, similarities = index_and_search(random_store, tmp_path, k=10, view=view)
+    expected_neighbours, expected_similarities = brute_force_knn(random_store, 10, view)
+    np.testing.assert_array_equal(neighbours, expected_neighbours)
+    usable = neighbours[:, 0] >= 0
+    np.testing.assert_allclose(similarities[usable], expected_similarities[usable], atol=1e-5)
+    assert np.isnan(similarities[~usable]).all() and (neighbours[[3, 64, 65, 299]] == -1).all()
+    assert not np.isin(neighbours, [3, 64, 65, 299]).any(), "a skipped image was returned as a neighbour"
+
+
+def test_self_and_flip_never_returned_but_a_duplicate_image_is(tmp_path: Path) -> None:
+    vectors, labels = clustered_vectors(10, 8, 16, spread=0.5, seed=1)
+    vectors[41] = vectors[7]  # the same face filed under a second identity
+    store = write_store(tmp_path / "store.h5", vectors, labels)  # flip view == image view
+    neighbours, similarities = index_and_search(store, tmp_path, k=8)
+    rows = np.arange(len(labels))[:, None]
+    assert not (neighbours == rows).any()
+    assert neighbours[7, 0] == 41 and neighbours[41, 0] == 7
+    assert similarities[7, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (np.diff(similarities, axis=1) <= 1e-6).all(), "neighbours are not in decreasing similarity"
+
+
+@pytest.mark.parametrize(("factory", "bound"), [("IVF16,Flat", 0.9), ("HNSW16", 0.95)])
+def test_approximate_index_recall_against_exact(tmp_path: Path, factory: str, bound: float) -> None:
+    vectors, labels = clustered_vectors(64, 25, 32, spread=0.8, seed=2)
+    store = write_store(tmp_path / "store.h5", vectors, labels, block_size=400)
+    exact, _ = index_and_search(store, tmp_path, k=10)
+    approximate, _ = index_and_search(store, tmp_path, k=10, factory=factory, train_sample=1600, nprobe=4, ef_search=64)
+    recall = recall_at_k(approximate, exact, 10)
+    print(f"{factory}: recall@10 = {recall:.3f}")
+    assert recall >= bound
+    assert not (approximate == np.arange(len(labels))[:, None]).any()
+    if factory.startswith("IVF"):
+        single_list, _ = index_and_search(store, tmp_path, k=10, factory=factory, train_sample=1600, nprobe=1)
+        assert recall_at_k(single_list, exact, 10) < recall, "more probed lists should find more true neighbours"
+
+
+def test_recall_at_k_counts_shared_neighbours() -> None:
+    exact = np.array([[1, 2, 3], [0, 2, 3]])
+    found = np.array([[3, 1, 9], [7, 8, 9]])
+    assert recall_at_k(found, exact, 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert recall_at_k(found, exact, 1) == pytest.approx(0.0)
+
+
+def test_index_from_another_store_is_refused(tmp_path: Path) -> None:
+    vectors, labels = clustered_vectors(5, 6, 8, spread=0.5, seed=3)
+    first = write_store(tmp_path / "first.h5", vectors, labels, teacher="a")
+    second = write_store(tmp_path / "second.h5", vectors, labels, teacher="b")
+    with EmbeddingStore(first) as store:
+        build_index(store, tmp_path / "index.faiss", progress=False)
+        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=4, progress=False)
+        first_hash = store.provenance_hash
+    with EmbeddingStore(second) as store:
+        second_hash = store.provenance_hash
+        assert first_hash != second_hash
+        with pytest.raises(ProvenanceMismatchError, match=rf"index\.faiss was built from .*{first_hash}.*{second_hash}"):
+            load_index(tmp_path / "index.faiss", store)
+        with pytest.raises(ProvenanceMismatchError, match=rf"knn\.h5 was built from .*{first_hash}.*second\.h5"):
+            KnnFile(tmp_path / "knn.h5", store)
+    metadata_path(tmp_path / "index.faiss").unlink()
+    with EmbeddingStore(first) as store, pytest.raises(FacekdError, match=r"index\.faiss\.json not found"):
+        load_index(tmp_path / "index.faiss", store)
+
+
+def test_read_rows_reads_dense_and_scattered_rows(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "rows.h5", "w") as h5file:
+        values = h5file.create_dataset("values", data=np.arange(200).reshape(100, 2))
+        for rows in ([3, 4, 6, 7], [0, 50, 99], [42], []):
+            np.testing.assert_array_equal(read_rows(values, np.array(rows, dtype=np.int64)), np.arange(200).reshape(100, 2)[rows])
+
+
+def test_provenance_hash_covers_identity_fields_only() -> None:
+    provenance = {"teacher_sha256": "a" * 64, "dataset_fingerprint": "f" * 64, "num_images": 3}
+    assert provenance_hash(provenance) == provenance_hash(dict(provenance, num_images=4, facekd_version="9"))
+    assert provenance_hash(provenance) != provenance_hash(dict(provenance, teacher_sha256="b" * 64))
+
+
+def test_index_file_and_metadata_record_the_store(tmp_path: Path, random_store: Path) -> None:
+    with EmbeddingStore(random_store) as store:
+        metadata = build_index(store, tmp_path / "index.faiss", factory="IVF4,Flat", train_sample=100, seed=5, progress=False)
+        assert metadata.store_provenance_hash == store.provenance_hash
+        assert (metadata.factory, metadata.ntotal, metadata.train_sample, metadata.seed) == ("IVF4,Flat", 296, 100, 5)
+        index, loaded = load_index(tmp_path / "index.faiss", store)
+        assert loaded == metadata and index.ntotal == 296
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpu", "k_searched", "expected"),
+    [
+        ("auto", False, 33, "cpu"),
+        ("auto", True, 33, "cuda"),
+        ("auto", True, GPU_MAX_K, "cuda"),
+        ("cpu", True, 33, "cpu"),
+        ("cuda", True, 33, "cuda"),
+    ],
+)
+def test_search_device_choice(requested: str, gpu: bool, k_searched: int, expected: str) -> None:
+    assert search_device(requested, gpu, k_searched) == (expected, "")
+
+
+def test_k_above_the_gpu_limit_falls_back_to_cpu_or_is_refused() -> None:
+    device, warning = search_device("auto", True, GPU_MAX_K + 1)
+    assert device == "cpu" and "exceeds FAISS's GPU limit of 2048" in warning
+    with pytest.raises(FacekdError, match=r"knn_k \+ 1 = 2049 exceeds FAISS's GPU limit of 2048"):
+        search_device("cuda", True, GPU_MAX_K + 1)
+    with pytest.raises(FacekdError, match=r"device is 'cuda' but FAISS has no GPU support"):
+        search_device("cuda", False, 33)
+    with pytest.raises(FacekdError, match=r"device is 'tpu'"):
+        search_device("tpu", False, 33)
+
+
+def test_k_above_the_gpu_limit_searches_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    store = write_store(tmp_path / "store.h5", rng.normal(size=(2100, 8)), rng.integers(0, 50, 2100), block_size=1024)
+    neighbours, similarities = index_and_search(store, tmp_path, k=GPU_MAX_K, device="auto")
+    _, expected_similarities = brute_force_knn(store, GPU_MAX_K)
+    assert neighbours.shape == (2100, GPU_MAX_K)
+    # 2048 of 2099 similarities per row have near-ties in 8-d, so compare the values rank by rank
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+    assert not (neighbours == np.arange(2100)[:, None]).any()
+
+
+@pytest.mark.skipif(faiss_has_gpu(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_gpu_is_refused(tmp_path: Path, random_store: Path) -> None:
+    with pytest.raises(FacekdError, match="device is 'cuda' but FAISS has no GPU support or sees no GPU"):
+        index_and_search(random_store, tmp_path, k=5, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"factory": "NoSuchIndex7"}, r"index factory 'NoSuchIndex7' is not a valid faiss\.index_factory string"),
+        ({"factory": "IVF1024,Flat", "train_sample": 500}, r"'IVF1024,Flat': training on 296 vectors failed"),
+        ({"view": "left"}, r"view is 'left'; expected one of image, mean"),
+    ],
+)
+def test_bad_index_settings_are_explained(tmp_path: Path, random_store: Path, options: dict, message: str) -> None:
+    with EmbeddingStore(random_store) as store, pytest.raises(FacekdError, match=message):
+        build_index(store, tmp_path / "index.faiss", progress=False, **options)
+    assert not (tmp_path / "index.faiss").exists()
+
+
+def test_k_must_leave_a_neighbour_to_find(tmp_path: Path, random_store: Path) -> None:
+    with pytest.raises(FacekdError, match=r"knn_k is 296; expected 1 \.\. 295"):
+        index_and_search(random_store, tmp_path, k=296)
+
+
+def test_knn_file_bytes_are_reproducible(tmp_path: Path, random_store: Path) -> None:
+    index_and_search(random_store, tmp_path, k=6)
+    first = (tmp_path / "knn.h5").read_bytes()
+    index_and_search(random_store, tmp_path, k=6)
+    assert (tmp_path / "knn.h5").read_bytes() == first
+    with h5py.File(tmp_path / "knn.h5") as knn:
+        assert knn["neighbours"].chunks == (50, 6)
