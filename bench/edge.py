@@ -24,6 +24,7 @@ import torch
 from pipeline.evaluation.latency import Setting, count_onnx_multiply_adds, time_interleaved
 from pipeline.stage_two.models import build_backbone
 from pipeline.stage_two.models.export import export_onnx
+from pipeline.evaluation.config import QuantizeConfig
 from pipeline.evaluation.quantize import quantize_model
 
 FIELD_MODELS = {"MobileFaceNet": ("mobilefacenet", 1.0), "iResNet-18": ("iresnet18", 1.0),
@@ -62,7 +63,7 @@ def field_section(folder: Path, runs: int) -> dict[str, dict]:
         pixels = rng.uniform(-1, 1, (2 * CALIBRATION_IMAGES, 3, 112, 112)).astype(np.float32)
         paths[f"{name} int8"] = folder / f"{paths[name].stem}.int8.onnx"
         report = quantize_model(paths[name], paths[f"{name} int8"], pixels[:CALIBRATION_IMAGES], pixels[CALIBRATION_IMAGES:],
-                                formats=["qdq", "qoperator"], latency_runs=max(20, runs // 10))
+                                QuantizeConfig(formats=["qdq", "qoperator"], latency_runs=max(20, runs // 10)))
         formats[f"{name} int8"] = report["chosen"]
         print(f"{name}: {report['reason']}", flush=True)
     results = {name: {"size_bytes": path.stat().st_size, "multiply_adds": count_onnx_multiply_adds(path)}

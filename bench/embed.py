@@ -24,7 +24,8 @@ import torch
 
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.data.synth import generate_split
-from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+from pipeline.stage_one.config import EmbedConfig
+from pipeline.stage_one.embed import embed_dataset
 from pipeline.stage_two.models import build_backbone
 from pipeline.stage_two.models.export import export_onnx
 from pipeline.face_model import OnnxFaceModel
@@ -80,9 +81,13 @@ def main() -> None:
         sample = np.stack([dataset.load(i) for i in range(min(1024, len(dataset)))])
         onnx_rate, torch_rate = network_throughput(onnx_path, model, sample)
 
-        config = TeacherConfig(str(onnx_path), threads=1, batch_size=BATCH)
+        def settings(store: Path, images_per_block: int = 512) -> EmbedConfig:
+            """Single-threaded sessions on dask workers (the in-process run uses every thread)."""
+            return EmbedConfig(teacher=str(onnx_path), store=str(store), workers=0, threads_per_worker=1,
+                               batch_size=BATCH, images_per_block=images_per_block)
+
         started = time.perf_counter()
-        in_process = embed_dataset(dataset, config, scratch / "s0.h5", workers=0, block_size=512, progress=False)
+        in_process = embed_dataset(dataset, settings(scratch / "s0.h5"), dataset_root="", scheduler=None, progress=False)
         in_process_seconds = time.perf_counter() - started
 
         from distributed import Client, LocalCluster
@@ -92,10 +97,10 @@ def main() -> None:
             with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster):
                 store = scratch / f"s{workers}w.h5"
                 # open each worker's session on a tiny store first, so start-up is not timed
-                embed_dataset(warm_up, config, scratch / f"warm{workers}.h5", scheduler=cluster.scheduler_address,
-                              block_size=2, progress=False)
+                embed_dataset(warm_up, settings(scratch / f"warm{workers}.h5", images_per_block=2), dataset_root="",
+                              scheduler=cluster.scheduler_address, progress=False)
                 started = time.perf_counter()
-                embed_dataset(dataset, config, store, scheduler=cluster.scheduler_address, block_size=512, progress=False)
+                embed_dataset(dataset, settings(store), dataset_root="", scheduler=cluster.scheduler_address, progress=False)
                 cluster_rates[workers] = len(dataset) / (time.perf_counter() - started)
 
     print()

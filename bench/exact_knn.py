@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mining import face_like_vectors  # noqa: E402
 
 from pipeline.stage_one.exact_knn import block_search, search_streamed  # noqa: E402
-from pipeline.stage_one.index import configure_faiss, read_unit_vectors, unit_vectors  # noqa: E402
+from pipeline.stage_one.index import configure_faiss  # noqa: E402
 from pipeline.stage_one.store import EmbeddingStore, StoreWriter  # noqa: E402
+from pipeline.stage_one.store_views import read_unit_vectors, unit_vectors  # noqa: E402
 
 K_SEARCHED = 33
 BLOCK_SIZE = 65536
@@ -38,7 +39,7 @@ def write_store(path: Path, vectors: np.ndarray, labels: np.ndarray) -> None:
     provenance = {"teacher_sha256": "b" * 64, "dataset_kind": "image_folder", "dataset_fingerprint": "f" * 64}
     names = [f"id{label}" for label in range(int(labels.max()) + 1)]
     keys = [f"id{label}/{row}.jpg" for row, label in enumerate(labels)]
-    writer = StoreWriter(path, provenance, labels, keys, names, vectors.shape[1], BLOCK_SIZE)
+    writer = StoreWriter(path, provenance, labels, keys, names, vectors.shape[1], BLOCK_SIZE, "float16")
     for block in writer.pending_blocks:
         start, stop = writer.layout.bounds(block)
         views = np.repeat(vectors[start:stop, None], 2, axis=1)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import torch
+import yaml
 
-from pipeline.stage_two.train import StudentModel, TrainConfig
-from stages.train import student_section
-from stages.training import train_config_from
+from pipeline.stage_two.student import StudentModel
+from pipeline.stage_two.config import TrainConfig
+from pipeline.settings import validate_settings
 
 IMAGE_SIZE = 64
 IDENTITIES = 300
@@ -81,8 +82,9 @@ def main() -> None:
     parser.add_argument("--student", default="unified", help="student of params.yaml whose KD settings are timed")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    kd_config = train_config_from(student_section(args.params, args.student))
-    margin_config = replace(kd_config, distillation=replace(kd_config.distillation, iled=0.0, rpsd=0.0))
+    kd_config = validate_settings(yaml.safe_load(Path(args.params).read_text())).students[args.student].training_config()
+    no_kd = kd_config.distillation.model_copy(update={"iled": 0.0, "rpsd": 0.0})
+    margin_config = kd_config.model_copy(update={"distillation": no_kd})
     medians = interleaved_medians(
         {"margin only": prepared_model(margin_config), "margin + KD": prepared_model(kd_config)},
         kd_config.batch_size, args.repeats,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.stage_one.index import FLAT_DATABASE_BLOCK, drop_self, recall_at_k
-from pipeline.stage_one.mining import hard_negatives
+from pipeline.stage_one.miners import hard_negatives
 
 K = 32
 HARD_NEGATIVES = 8  # mine.hard_negatives_per_anchor

@@ -23,22 +23,23 @@ import argparse
 import itertools
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
+from pipeline.settings import validate_settings
 from pipeline.stage_two.checkpoint import read_checkpoint
 from pipeline.stage_two.models import build_backbone, count_multiply_adds
 from pipeline.stage_two.sampler import PairBatchSampler, RandomBatchSampler
-from pipeline.stage_two.train import CHECKPOINT, StudentModel, collate_training_batch
-from pipeline.stage_two.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
-from stages.params import load_section
-from stages.train import student_section, training_inputs
-from stages.training import train_config_from
+from pipeline.stage_two.student import StudentModel
+from pipeline.stage_two.train import CHECKPOINT, collate_training_batch
+from pipeline.stage_two.training_data import (
+    TeacherTargets, TrainingImages, decode_in_memory, load_section_inputs, normalise_images,
+)
 
 WARM_UP = 5
 
@@ -129,20 +130,21 @@ def main() -> None:
     parser.add_argument("--student", default="unified", help="student of params.yaml whose KD settings are timed")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    section = student_section(args.params, args.student)
-    kd_config = train_config_from(section)
-    margin_config = replace(kd_config, sampler="random", distillation=replace(kd_config.distillation, iled=0.0, rpsd=0.0))
-    inputs = training_inputs(section, [kd_config])
+    settings = validate_settings(yaml.safe_load(Path(args.params).read_text()))
+    section = settings.students[args.student]
+    kd_config = section.training_config()
+    no_kd = kd_config.distillation.model_copy(update={"iled": 0.0, "rpsd": 0.0})
+    margin_config = kd_config.model_copy(update={"sampler": "random", "distillation": no_kd})
+    inputs = load_section_inputs(section, [kd_config])
     size = image_size(inputs.dataset)
 
-    teacher_section = load_section(args.params, "teacher")
-    teacher_config = train_config_from(teacher_section)
-    checkpoint = read_checkpoint(Path(teacher_section.get("out", str)) / CHECKPOINT)
+    teacher_config = settings.teacher
+    checkpoint = read_checkpoint(Path(teacher_config.out) / CHECKPOINT)
     teacher = build_backbone(teacher_config.backbone, teacher_config.embedding_dim, size, teacher_config.width)
     teacher.load_state_dict({k.removeprefix("backbone."): v for k, v in checkpoint["model"].items() if k.startswith("backbone.")})
     teacher.eval()
 
-    reads = target_read_seconds(section.get("store", str), kd_config.batch_size)
+    reads = target_read_seconds(section.store, kd_config.batch_size)
     images = decode_in_memory(inputs.dataset, inputs.usable, 1 << 40)
     margin = median_step_seconds(margin_config, inputs, images, args.steps)
     offline = median_step_seconds(kd_config, inputs, images, args.steps)

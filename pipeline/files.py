@@ -12,7 +12,7 @@ import os
 import resource
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any, Iterator
 
 from pipeline.errors import FacekdError
 
@@ -87,29 +87,65 @@ def publish(temporary: Path, path: Path) -> None:
 
 
 @contextmanager
+def written_together(*paths: str | os.PathLike[str]) -> Iterator[tuple[Path, ...]]:
+    """Yield a temporary path per output; on success all are synced and renamed, on failure all removed.
+
+    For outputs that are only valid together (a `.rec` and its `.idx`): none is published unless
+    every one was written. They are renamed in the order given, so the last one appearing means
+    all are in place. A full disk, a file-size limit or an I/O error while writing or publishing
+    becomes one `FacekdError` naming the outputs.
+    """
+    paths = tuple(Path(path) for path in paths)
+    temporaries = tuple(partial_name(path) for path in paths)
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temporaries
+        for temporary in temporaries:  # all are on the disk before the first is renamed
+            sync_file(temporary)
+        for temporary, path in zip(temporaries, paths):
+            os.replace(temporary, path)
+        for directory in dict.fromkeys(path.parent for path in paths):
+            sync_directory(directory)
+    except OSError as error:
+        if is_storage_error(error):
+            if len(paths) == 1:
+                raise storage_error(paths[0], error, f"{paths[0].name} was left as it was") from None
+            names = " and ".join(path.name for path in paths)
+            raise storage_error(paths[0].parent / names, error, f"{names} were left as they were") from None
+        raise
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+@contextmanager
 def written_atomically(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is synced and renamed to `path`, on failure removed.
 
     A full disk, a file-size limit or an I/O error while writing or publishing becomes one
     `FacekdError` naming `path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_name(path)
-    try:
+    with written_together(path) as (temporary,):
         yield temporary
-        publish(temporary, path)
-    except OSError as error:
-        if is_storage_error(error):
-            raise storage_error(path, error, f"{path.name} was left as it was") from None
-        raise
-    finally:
-        temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def opened_atomically(path: str | os.PathLike[str], mode: str = "w", **open_arguments: Any) -> Iterator[IO[Any]]:
+    """`open` for an output that is written atomically: the stream writes the temporary file, which
+    is closed, synced and renamed to `path` when the block ends without an error."""
+    with written_atomically(path) as temporary, open(temporary, mode, **open_arguments) as stream:
+        yield stream
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     with written_atomically(path) as temporary:
         temporary.write_text(text)
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    with written_atomically(path) as temporary:
+        temporary.write_bytes(data)
 
 
 @contextmanager

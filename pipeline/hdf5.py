@@ -1,11 +1,12 @@
-"""Writing HDF5 outputs (kNN file, pair table) so that only a complete, verified file is published.
+"""Writing HDF5 outputs (kNN file, pair table) so that only a complete, verified file is published,
+and opening any facekd HDF5 output (those two, the embedding store) for reading.
 
 The file is written under a temporary name without HDF5's chunk cache, so a failed write (full
 disk, file-size limit, I/O error) fails at the write call instead of later, while HDF5 frees a
 cached chunk (where it can crash the process). The writer feeds each dataset's rows to a
 `ColumnsChecksum`; the checksum is recorded as an attribute, the closed file is read back and
-checked against it, and only then synced and renamed into place. Readers check it with
-`verify_columns` before they trust the whole file.
+checked against it, and only then synced and renamed into place. Readers open a file with
+`open_output` and check its checksum with `verify_columns` before they trust the whole file.
 """
 from __future__ import annotations
 
@@ -20,6 +21,31 @@ from pipeline.errors import FacekdError
 from pipeline.files import storage_error, written_atomically
 
 CHECKSUM_ATTRIBUTE = "content_blake2b"  # the attribute holding an output's content checksum
+
+
+def open_output(
+    path: Path, kind: str, datasets: tuple[str, ...], attributes: tuple[str, ...] = (), *, remedy: str
+) -> h5py.File:
+    """Open an HDF5 output for reading, refusing one that is absent, not HDF5 or not a `kind`.
+
+    Every refusal is a FacekdError naming the file, what was expected of it, and `remedy`.
+    """
+    if not path.is_file():
+        raise FacekdError(f"{path}: {kind} not found; {remedy}")
+    try:
+        h5file = h5py.File(path, "r")
+    except OSError as error:
+        raise FacekdError(f"{path}: not a readable HDF5 file ({error}); {remedy}") from None
+    missing_datasets = [name for name in datasets if name not in h5file]
+    missing_attributes = [name for name in attributes if name not in h5file.attrs]
+    if missing_datasets or missing_attributes:
+        h5file.close()
+        missing = [
+            f"missing {what}: {', '.join(names)}"
+            for what, names in (("datasets", missing_datasets), ("attributes", missing_attributes)) if names
+        ]
+        raise FacekdError(f"{path}: not a facekd {kind} ({'; '.join(missing)}); {remedy}")
+    return h5file
 
 
 def recorded_checksum(h5file: h5py.File) -> str | None:

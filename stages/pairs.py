@@ -10,10 +10,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import click
-import numpy as np
 
-from pipeline.errors import FacekdError
-from stages.params import load_section
+from stages.params import load_settings, required
 
 KINDS = {"negative": 0, "positive": 1}
 
@@ -37,62 +35,25 @@ def _selection_options(command):
 @contextmanager
 def _opened(params_path: str, pairs_path: str | None, store_path: str | None) -> Iterator[tuple]:
     """The pair table and the store it was mined from (checked), paths from params unless given."""
-    from pipeline.stage_one.mining import PairTable
+    from pipeline.stage_one.pair_table import PairTable
     from pipeline.stage_one.store import EmbeddingStore
 
     if pairs_path is None or store_path is None:
-        section = load_section(params_path, "mine")
-        pairs_path = pairs_path or section.get("out", str)
-        store_path = store_path or section.get("store", str)
+        config = required(load_settings(params_path), params_path, "mine")
+        pairs_path = pairs_path or config.out
+        store_path = store_path or config.store
     with EmbeddingStore(store_path) as store, PairTable(pairs_path) as table:
         table.check_store(store)
         yield table, store
 
 
-def _anchors(store, identity: str | None, image: str | None) -> np.ndarray | None:
+def _selected(table, store, kind: str, count: int, identity: str | None, image: str | None) -> list:
+    from pipeline.stage_one.inspection import anchor_rows
+    from pipeline.stage_one.pair_queries import describe_pairs, hardest_pairs
+
     if identity is not None and image is not None:
         raise click.UsageError("give --identity or --image, not both")
-    if image is not None:
-        return np.array([store.row_of_key(image)])
-    if identity is not None:
-        names = store.identity_names
-        if identity not in names:
-            raise FacekdError(f"{store.path}: no identity named {identity!r}")
-        return np.flatnonzero(store.labels == names.index(identity))
-    return None
-
-
-def _selected(table, store, kind: str, count: int, identity: str | None, image: str | None) -> list:
-    from pipeline.stage_one.mining import describe_pairs, hardest_pairs
-
-    pairs = hardest_pairs(table, KINDS[kind], count, _anchors(store, identity, image))
-    return describe_pairs(pairs, store)
-
-
-def _open_dataset(store, dataset_path: str | None):
-    """The dataset the store was embedded from; refuses one whose size differs from the store's."""
-    from pipeline.data.open import open_dataset
-
-    dataset_path = dataset_path or store.provenance.get("dataset_root")
-    if not dataset_path:
-        raise FacekdError(f"{store.path}: its provenance names no dataset_root; pass --dataset")
-    dataset = open_dataset(dataset_path, store.provenance["dataset_kind"])
-    if len(dataset) != len(store):
-        raise FacekdError(f"dataset {dataset_path} has {len(dataset)} images; the store {store.path} has "
-                          f"{len(store)} (use --dataset to point at the embedded dataset)")
-    return dataset
-
-
-def _checked_loader(dataset, store):
-    """Image loader by store row that refuses a row whose dataset key differs from the store's."""
-
-    def load(row: int) -> np.ndarray:
-        (expected,) = store.keys_at(np.array([row]))
-        if dataset.keys[row] != expected:
-            raise FacekdError(f"{dataset.source(row)}: dataset key {dataset.keys[row]!r} is not the store's {expected!r}")
-        return dataset.load(row)
-
-    return load
+    return describe_pairs(hardest_pairs(table, KINDS[kind], count, anchor_rows(store, identity, image)), store)
 
 
 def _pair_table(title: str, records: list, sources: dict[int, str] | None = None):
@@ -134,7 +95,9 @@ def top(params_path, pairs_path, store_path, kind, count, identity, image, show_
         records = _selected(table, store, kind, count, identity, image)
         sources = None
         if show_paths:
-            dataset = _open_dataset(store, dataset_path)
+            from pipeline.stage_one.inspection import embedded_dataset
+
+            dataset = embedded_dataset(store, dataset_path)
             sources = {row: dataset.source(row) for record in records for row in (record.anchor, record.partner)}
         scope = f" of image {image}" if image else f" of identity {identity}" if identity else ""
         Console().print(_pair_table(f"hardest {kind} pairs{scope} ({len(records)})", records, sources))
@@ -152,10 +115,11 @@ def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out
     from pathlib import Path
 
     from pipeline.stage_one.contact_sheet import draw_contact_sheet
+    from pipeline.stage_one.inspection import checked_loader, embedded_dataset
 
     with _opened(params_path, pairs_path, store_path) as (table, store):
         records = _selected(table, store, kind, count, identity, image)
-        loader = _checked_loader(_open_dataset(store, dataset_path), store)
+        loader = checked_loader(embedded_dataset(store, dataset_path), store)
         picture = draw_contact_sheet(records, loader, columns=columns, tile=tile)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_path, format="PNG")
@@ -172,33 +136,30 @@ def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) 
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.stage_one.mining import describe_pairs, suspicious_pairs, write_pairs_csv
+    from pipeline.stage_one.inspection import identity_pairs
+    from pipeline.stage_one.pair_queries import describe_pairs, suspicious_pairs, write_pairs_csv
 
     console = Console()
     with _opened(params_path, pairs_path, store_path) as (table, store):
         if threshold is None:
-            threshold = load_section(params_path, "mine").get("suspicious_threshold", float)
+            threshold = required(load_settings(params_path), params_path, "mine").suspicious_threshold
         found = suspicious_pairs(table, threshold)
         records = describe_pairs(found.take(slice(0, count)), store)
         if csv_path:
             write_pairs_csv(csv_path, describe_pairs(found, store))
-        labels = np.sort(np.stack([store.labels[found.anchor], store.labels[found.partner]], axis=1), axis=1)
+        grouped_pairs = identity_pairs(found, store.labels, count) if len(found) else []
         identity_names = store.identity_names
     console.print(f"{len(found)} suspicious pairs: different identities, teacher similarity >= {threshold}")
     if not len(found):
         return
     console.print(_pair_table(f"most similar suspicious pairs ({len(records)} of {len(found)})", records))
-    identity_pairs, first, pair_counts = np.unique(labels, axis=0, return_index=True, return_counts=True)
-    by_count = np.lexsort((first, -pair_counts))[:count]
     grouped = Table(title="identity pairs with suspicious image pairs (candidates for merging)")
     for column in ("identity", "identity", "image pairs", "max similarity"):
         grouped.add_column(column, overflow="fold")
-    for position in by_count:
-        low, high = identity_pairs[position]
-        # `found` is sorted by similarity, so an identity pair's first pair is its most similar
+    for pair in grouped_pairs:
         grouped.add_row(
-            f"{identity_names[low]} ({low})", f"{identity_names[high]} ({high})",
-            str(pair_counts[position]), f"{found.similarity[first[position]]:.4f}",
+            f"{identity_names[pair.low]} ({pair.low})", f"{identity_names[pair.high]} ({pair.high})",
+            str(pair.image_pairs), f"{pair.max_similarity:.4f}",
         )
     console.print(grouped)
     if csv_path:

@@ -1,69 +1,43 @@
-"""Reading one section of params.yaml, with errors that name the file and the key."""
+"""Reading params.yaml: YAML with numbers as YAML 1.2 reads them, validated whole, once per command.
+
+Every problem of the file is reported at once, before any work, one per line:
+`params.yaml: section.key: value — what was expected`.
+"""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from pipeline.errors import FacekdError
-
-if TYPE_CHECKING:
-    from pipeline.face_model import Preprocessing
-
-MISSING = object()
-DEVICES = ("auto", "cpu", "cuda")
+from pipeline.settings import Settings, SettingsError, validate_settings
+from pipeline.stage_two.config import TrainSection
 
 
-class Section:
-    """One top-level section of a params file; every read key is type-checked."""
-
-    def __init__(self, path: Path, name: str, values: dict[str, Any]) -> None:
-        self.path = path
-        self.name = name
-        self.values = values
-
-    def where(self, key: str) -> str:
-        return f"{self.path}: {self.name}.{key}"
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = MISSING) -> Any:
-        """The value of `key`, checked against `kind`; `default` when absent (else an error)."""
-        if key not in self.values:
-            if default is MISSING:
-                raise FacekdError(f"{self.where(key)} is missing")
-            return default
-        value = self.values[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise FacekdError(f"{self.where(key)} is {value!r}; expected {expected}")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = MISSING) -> str:
-        value = self.get(key, str, default)
-        if value not in choices:
-            raise FacekdError(f"{self.where(key)} is {value!r}; expected one of {', '.join(choices)}")
-        return value
-
-    def positive(self, key: str, kind: type = int, default: Any = MISSING) -> Any:
-        value = self.get(key, kind, default)
-        if value <= 0:
-            raise FacekdError(f"{self.where(key)} is {value!r}; expected a positive {kind.__name__}")
-        return value
-
-    def sub(self, key: str) -> "Section":
-        values = self.get(key, dict)
-        return Section(self.path, f"{self.name}.{key}", values)
+class _Loader(yaml.SafeLoader):
+    """`safe_load`, but `1e-4` and `-1E3` are floats (YAML 1.1 wants a dot: `1.0e-4`; PyYAML reads `1e-4` as text)."""
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+# appended after the int resolver, which is tried first: `10` stays an integer
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The params file at `path` as YAML loads it (a mapping of sections)."""
     path = Path(path)
     if not path.is_file():
         raise FacekdError(f"{path}: parameters file not found")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise FacekdError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(values, dict):
@@ -71,18 +45,27 @@ def load_params(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_section(path: str | Path, name: str) -> Section:
-    """The section `name` of the params file at `path`."""
-    values = load_params(path)
-    if name not in values or not isinstance(values[name], dict):
-        raise FacekdError(f"{path}: section '{name}' is missing or not a mapping")
-    return Section(Path(path), name, values[name])
+def load_settings(path: str | Path) -> Settings:
+    """The validated settings of the params file at `path`; every problem at once, each naming the file."""
+    try:
+        return validate_settings(read_params(path), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    except SettingsError as error:
+        raise FacekdError("\n".join(f"{path}: {line}" for line in error.lines)) from None
 
 
-def preprocessing_from(section: Section) -> "Preprocessing":
-    """A teacher's `Preprocessing` from a section with channel_order, mean and std."""
-    from pipeline.face_model import Preprocessing
+def required(settings: Settings, path: str | Path, *names: str) -> Any:
+    """The sections `names` of `settings` (one, or a tuple); a missing one is an error naming the file."""
+    missing = [name for name in names if getattr(settings, name) is None]
+    if missing:
+        raise FacekdError(f"{path}: section {', '.join(repr(name) for name in missing)} is missing; this command needs it")
+    sections = tuple(getattr(settings, name) for name in names)
+    return sections[0] if len(sections) == 1 else sections
 
-    return Preprocessing(
-        section.choice("channel_order", ("rgb", "bgr")), section.get("mean", float), section.positive("std", float)
-    )
+
+def student(settings: Settings, path: str | Path, name: str) -> TrainSection:
+    """Student `name` (`train` with its overrides)."""
+    required(settings, path, "train")
+    if name not in settings.students:
+        known = ", ".join(settings.students) or "none"
+        raise FacekdError(f"{path}: students has no student {name!r} (known: {known})")
+    return settings.students[name]

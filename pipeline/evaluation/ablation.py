@@ -8,14 +8,15 @@ trained again), and a half-trained one resumes from its checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from pipeline.files import write_text_atomically
-from pipeline.stage_two.train import MODEL, TrainConfig
+from pipeline.stage_two.config import TrainConfig
+from pipeline.stage_two.train import MODEL
 
 EVALUATION = "evaluation.json"
 REPORTED_METRICS = ("accuracy", "tar_at_far_0.01", "tar_at_far_0.001")
@@ -55,9 +56,9 @@ def run_rows(
     for name, config in rows.items():
         per_seed = {}
         for seed in seeds:
-            seeded = replace(config, seed=seed)
+            seeded = config.model_copy(update={"seed": seed})
             out_dir = Path(out_root) / name / f"seed{seed}"
-            run = {"config": json.loads(json.dumps(asdict(seeded))), "data": data_fingerprint}
+            run = {"config": json.loads(json.dumps(seeded.model_dump())), "data": data_fingerprint}
             metrics = _recorded_metrics(out_dir / EVALUATION, run)
             if metrics is None:
                 log(f"ablation: training {name}, seed {seed}")

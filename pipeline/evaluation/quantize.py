@@ -7,17 +7,22 @@ agree as well as the best one is kept, and every candidate's numbers are reporte
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from pipeline.data.dataset import FaceDataset
+from pipeline.data.open import open_dataset
 from pipeline.errors import FacekdError
-from pipeline.files import written_atomically
+from pipeline.evaluation.config import QuantizeConfig
+from pipeline.evaluation.inputs import INT8_MODEL, MODEL
+from pipeline.files import write_text_atomically, written_atomically
 from pipeline.evaluation.latency import Setting, open_session, time_interleaved
 from pipeline.face_model import Preprocessing
 
@@ -28,6 +33,7 @@ ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 CALIBRATION_BATCH = 32
 # a later format replaces an earlier one only when this much faster, so timing noise cannot flip the choice
 MIN_SPEED_GAIN = 0.05
+REPORT = "quantize.json"  # every candidate's numbers and why the kept one was chosen, beside the int8 model
 
 
 def sample_images(dataset: FaceDataset, count: int, seed: int) -> np.ndarray:
@@ -66,31 +72,56 @@ def cosine_agreement(reference: np.ndarray, embeddings: np.ndarray) -> dict[str,
     return {"cosine_min": float(cosines.min()), "cosine_mean": float(cosines.mean())}
 
 
+@dataclass(frozen=True)
+class QuantizedStudent:
+    int8_path: Path
+    report: dict[str, object]  # also written to REPORT beside the model
+
+
+def quantize_student(
+    student_dir: Path, dataset_path: str, config: QuantizeConfig, *, student_name: str, settings_file: str
+) -> QuantizedStudent:
+    """`facekd quantize`: the student in `student_dir` quantized to int8, calibrated and checked on
+    images drawn from its training set `dataset_path`; the report written to `student_dir / REPORT`.
+
+    Both checks come before any work; `settings_file` (where `config` came from) is named in errors.
+    """
+    fp32_path, int8_path = student_dir / MODEL, student_dir / INT8_MODEL
+    if not fp32_path.is_file():
+        raise FacekdError(
+            f"{fp32_path}: student '{student_name}' has no exported model; run `dvc repro train@{student_name}` first"
+        )
+    needed = config.calibration_images + config.validation_images
+    dataset = open_dataset(dataset_path)
+    if needed > len(dataset):
+        raise FacekdError(
+            f"{settings_file}: quantize.calibration_images + validation_images is {needed}, but {dataset_path} "
+            f"has {len(dataset)} images; expected at most that many"
+        )
+    pixels = student_pixels(sample_images(dataset, needed, config.seed))
+    report = quantize_model(
+        fp32_path, int8_path, pixels[:config.calibration_images], pixels[config.calibration_images:], config
+    )
+    write_text_atomically(student_dir / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return QuantizedStudent(int8_path, report)
+
+
 def quantize_model(
     fp32_path: str | Path,
     out_path: str | Path,
     calibration_pixels: np.ndarray,
     validation_pixels: np.ndarray,
-    *,
-    formats: list[str],
-    method: str = "minmax",
-    per_channel: bool = True,
-    activation_type: str = "uint8",
-    agreement_tolerance: float = 0.002,
-    latency_runs: int = 200,
+    config: QuantizeConfig,
 ) -> dict[str, object]:
-    """Quantize `fp32_path` in each of `formats`, write the chosen one to `out_path`, return the report.
+    """Quantize `fp32_path` in each of `config.formats`, write the chosen one to `out_path`, return the report.
 
     The chosen candidate is the fastest (batch 1, one thread, median) among those whose mean cosine
-    to fp32 is within `agreement_tolerance` of the best candidate's; within MIN_SPEED_GAIN of each
+    to fp32 is within `config.agreement_tolerance` of the best candidate's; within MIN_SPEED_GAIN of each
     other, the one listed first wins. ONNX Runtime's calibration and quantization are deterministic:
     the same inputs and format give the same bytes (so DVC sees no change when the stage reruns).
     """
-    for value, known, key in ((method, METHODS, "method"), (activation_type, ACTIVATION_TYPES, "activation_type")):
-        if value not in known:
-            raise FacekdError(f"{key} is {value!r}; expected one of {', '.join(known)}")
-    if not formats or any(name not in FORMATS for name in formats):
-        raise FacekdError(f"formats is {formats!r}; expected a non-empty list of {', '.join(FORMATS)}")
+    formats, method, activation_type = config.formats, config.method, config.activation_type
+    per_channel, agreement_tolerance = config.per_channel, config.agreement_tolerance
     input_name = open_session(fp32_path, threads=1).get_inputs()[0].name
     reference = embed(fp32_path, validation_pixels)
     if not np.isfinite(reference).all():
@@ -104,7 +135,7 @@ def quantize_model(
                 quant_format=FORMATS[name], per_channel=per_channel, activation_type=ACTIVATION_TYPES[activation_type],
                 weight_type=QuantType.QInt8, calibrate_method=METHODS[method],
             )
-        timings = time_interleaved(paths, Setting("batch1_1thread", 1, 1, latency_runs))
+        timings = time_interleaved(paths, Setting("batch1_1thread", 1, 1, config.latency_runs))
         candidates = {
             name: {
                 **cosine_agreement(reference, embed(path, validation_pixels)),

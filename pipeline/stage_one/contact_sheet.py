@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.errors import FacekdError
-from pipeline.stage_one.mining import PairRecord
+from pipeline.stage_one.pair_queries import PairRecord
 
 PADDING = 8
 LINE_HEIGHT = 13
@@ -48,7 +48,7 @@ def caption(record: PairRecord) -> list[str]:
 
 
 def draw_contact_sheet(
-    records: list[PairRecord], load_image: Callable[[int], np.ndarray], columns: int = 4, tile: int = 112
+    records: list[PairRecord], load_image: Callable[[int], np.ndarray], *, columns: int, tile: int
 ) -> Image.Image:
     """Pairs in a grid of `columns`, anchor left and partner right, three caption lines below."""
     if not records:

@@ -2,7 +2,7 @@
 
 The dataset is split into blocks. Each dask worker process holds one ONNX Runtime session
 (cached per process) and turns a block index range into embeddings; the calling process is the
-single writer that puts finished blocks into the store. `workers=0` runs everything in the
+single writer that puts finished blocks into the store. `embed.workers: 0` runs everything in the
 calling process (no dask), which is also the reference the parallel path is tested against.
 """
 from __future__ import annotations
@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline.data.dataset import FaceDataset
+from pipeline.data.open import open_dataset
 from pipeline.errors import CorruptImageError, FacekdError
 from pipeline.files import exclusive_writer
 from pipeline.stage_one.store import EmbeddingStore, StoreWriter, nonfinite_rows, some_keys, store_is_complete_for
 from pipeline.face_model import OnnxFaceModel, Preprocessing
+from pipeline.stage_one.config import EmbedConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,19 @@ class TeacherConfig:
     """Everything a worker needs to open its own teacher session (picklable)."""
 
     path: str
-    preprocessing: Preprocessing = Preprocessing()
-    device: str = "auto"
-    threads: int = 1
-    batch_size: int = 64
-    resize: bool = False
+    preprocessing: Preprocessing
+    device: str
+    threads: int
+    batch_size: int
+    resize: bool
+
+    @classmethod
+    def of(cls, config: EmbedConfig) -> TeacherConfig:
+        """The teacher `config` describes; its path absolute, since workers may run elsewhere."""
+        return cls(
+            path=str(Path(config.teacher).resolve()), preprocessing=Preprocessing(**config.preprocessing.model_dump()),
+            device=config.device, threads=config.threads_per_worker, batch_size=config.batch_size, resize=config.resize,
+        )
 
     def open(self) -> OnnxFaceModel:
         return OnnxFaceModel(
@@ -195,40 +205,49 @@ def _close_quietly(client: Any) -> None:
             logger.setLevel(level)
 
 
-def embed_dataset(
-    dataset: FaceDataset,
-    teacher_config: TeacherConfig,
-    store_path: str | Path,
-    *,
-    dataset_root: str = "",
-    block_size: int = 1024,
-    workers: int = 2,
-    scheduler: str | None = None,
-    skip_corrupt: bool = False,
-    embedding_dtype: str = "float16",
-    progress: bool = True,
+def embed_images(
+    config: EmbedConfig, *, knn_k: int | None, settings_file: str, scheduler: str | None, progress: bool
 ) -> EmbedSummary:
-    """Embed `dataset` into the store at `store_path`, resuming a partial store if one exists.
+    """`facekd embed`: the dataset of `config` into its store, checked first against the `index.knn_k`
+    that will be searched (None: no index section), which would otherwise fail only after the teacher's pass.
 
-    `workers` processes of a local dask cluster (0: in this process), or the cluster at
-    `scheduler`. Each worker's session uses `teacher_config.threads` threads.
+    `settings_file` (where `config` and `knn_k` came from) is named in that error.
     """
-    store_path = Path(store_path)
+    dataset = open_dataset(config.dataset, config.dataset_format)
+    if knn_k is not None and knn_k >= len(dataset):
+        raise FacekdError(
+            f"{settings_file}: index.knn_k: {knn_k} — expected at most {len(dataset) - 1}: {config.dataset} "
+            f"has {len(dataset)} images, and each image's neighbours are the other images"
+        )
+    return embed_dataset(dataset, config, dataset_root=config.dataset, scheduler=scheduler, progress=progress)
+
+
+def embed_dataset(
+    dataset: FaceDataset, config: EmbedConfig, *, dataset_root: str, scheduler: str | None, progress: bool
+) -> EmbedSummary:
+    """Embed `dataset` into `config.store`, resuming a partial store if one exists.
+
+    `config.workers` processes of a local dask cluster (0: in this process), or the cluster at
+    `scheduler`. Each worker's session uses `config.threads_per_worker` threads. `dataset_root` is
+    recorded in the store's provenance ("": none), for tools that show the images.
+    """
+    store_path = Path(config.store)
+    teacher_config = TeacherConfig.of(config)
     with exclusive_writer(store_path):  # before any work: a second writer is refused at once
-        in_process = workers == 0 and scheduler is None
+        in_process = config.workers == 0 and scheduler is None
         local_config = replace(teacher_config, threads=0) if in_process else teacher_config
         teacher = _teacher_session(local_config)
         provenance = store_provenance(dataset, teacher, dataset_root)
-        if store_is_complete_for(store_path, dict(provenance, embedding_dtype=embedding_dtype)):
+        if store_is_complete_for(store_path, dict(provenance, embedding_dtype=config.dtype)):
             return EmbedSummary(store_path, True, len(dataset), 0, 0, _count_skipped(store_path))
         writer = StoreWriter(
             store_path, provenance, dataset.labels, dataset.keys, dataset.identity_names,
-            teacher.embedding_dim, block_size, embedding_dtype,
+            teacher.embedding_dim, config.images_per_block, config.dtype,
         )
         try:
             write_seconds = _write_blocks(
-                dataset, local_config if in_process else teacher_config, writer, skip_corrupt,
-                in_process, workers, scheduler, progress,
+                dataset, local_config if in_process else teacher_config, writer, config.on_corrupt == "skip",
+                in_process, config.workers, scheduler, progress,
             )
             writer.finalize()
         except KeyboardInterrupt:

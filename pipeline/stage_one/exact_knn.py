@@ -27,10 +27,12 @@ from tqdm import tqdm
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer
 from pipeline.stage_one.index import (
-    DEVICES, GPU_MAX_K, IndexMetadata, KnnSummary, configure_faiss, drop_self, faiss_has_gpu,
-    iter_unit_vectors, publish_index, usable_rows, write_knn,
+    DEVICES, GPU_MAX_K, IndexMetadata, KnnSummary, configure_faiss, drop_self, faiss_has_gpu, publish_index,
 )
+from pipeline.stage_one.config import IndexConfig
+from pipeline.stage_one.knn_file import write_knn
 from pipeline.stage_one.store import EmbeddingStore, check_finite_rows
+from pipeline.stage_one.store_views import iter_unit_vectors, usable_rows
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,11 @@ def merge_top_k(
     return np.take_along_axis(all_similarities, order, axis=1), np.take_along_axis(all_rows, order, axis=1)
 
 
+def memory_budget_bytes(gigabytes: float) -> int:
+    """`index.memory_gb` in bytes (GiB: 2 ** 30)."""
+    return int(gigabytes * (1 << 30))
+
+
 def query_rows_per_pass(memory_bytes: int, dim: int, k: int, block_size: int) -> int:
     """Queries held at once (about): their vectors and results in what the budget leaves after
     one database block, rounded down to whole store blocks (at least one)."""
@@ -110,7 +117,7 @@ def query_rows_per_pass(memory_bytes: int, dim: int, k: int, block_size: int) ->
 
 def streamed_knn_blocks(
     store: EmbeddingStore, view: str, k: int, search: BlockSearch, block_size: int, pass_rows: int,
-    progress: bool = True,
+    progress: bool,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first store row, neighbours, similarities) for every block of `block_size` store rows, in
     order: each usable row's k nearest other usable rows (store rows; -1 / NaN for skipped rows)."""
@@ -154,41 +161,32 @@ def search_streamed(
 
 
 def search_exact_streamed(
-    store: EmbeddingStore,
-    index_path: str | Path,
-    knn_path: str | Path,
-    *,
-    k: int = 32,
-    view: str = "image",
-    device: str = "auto",
-    backend: str | None = None,
-    memory_bytes: int = 8 << 30,
-    block_size: int = 65536,
-    threads: int = 0,
-    progress: bool = True,
+    store: EmbeddingStore, config: IndexConfig, *, backend: str | None, progress: bool
 ) -> KnnSummary:
-    """Every usable image's k nearest other images by exact search streamed from the store.
+    """Every usable image's `config.knn_k` nearest other images by exact search streamed from the store,
+    in at most about `config.memory_gb` of memory.
 
-    Writes the kNN file `search_knn` writes, and at `index_path` an index holding no vectors
+    Writes the kNN file `search_knn` writes, and at `config.out` an index holding no vectors
     (the stage's declared output; its sidecar names the store, the view and factory "Flat").
-    `backend` None: chosen from `device` (`choose_backend`), logged in one line.
+    `backend` None: chosen from `config.device` (`choose_backend`), logged in one line.
     """
+    k, view, block_size = config.knn_k, config.view, config.rows_per_search
     num_usable = len(usable_rows(store))
-    if k <= 0 or k >= num_usable:
+    if k >= num_usable:
         raise FacekdError(f"knn_k is {k}; expected 1 .. {num_usable - 1} (the store has {num_usable} usable images)")
-    configure_faiss(threads)
+    configure_faiss(config.threads)
     check_finite_rows(store, block_size)
     if backend is None:
-        backend, why = choose_backend(device, faiss_has_gpu(), torch.cuda.is_available(), k + 1)
+        backend, why = choose_backend(config.device, faiss_has_gpu(), torch.cuda.is_available(), k + 1)
         fallback = backend == "torch-cuda"  # shown (a warning): FAISS could not use the GPU
         log.log(logging.WARNING if fallback else logging.INFO, "exact kNN on %s (%s)", backend, why)
     search = block_search(backend)
-    metadata = write_vectorless_index(store, Path(index_path), view)
-    pass_rows = query_rows_per_pass(memory_bytes, store.embedding_dim, k, block_size)
+    metadata = write_vectorless_index(store, Path(config.out), view)
+    pass_rows = query_rows_per_pass(memory_budget_bytes(config.memory_gb), store.embedding_dim, k, block_size)
     blocks = streamed_knn_blocks(store, view, k, search, block_size, pass_rows, progress)
-    write_knn(Path(knn_path), dict(asdict(metadata), k=k, search=f"exact, streamed ({backend})"), len(store), k,
+    write_knn(Path(config.knn), dict(asdict(metadata), k=k, search=f"exact, streamed ({backend})"), len(store), k,
               block_size, blocks)
-    return KnnSummary(Path(knn_path), backend, k, num_usable)
+    return KnnSummary(Path(config.knn), backend, k, num_usable)
 
 
 def write_vectorless_index(store: EmbeddingStore, index_path: Path, view: str) -> IndexMetadata:

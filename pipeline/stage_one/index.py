@@ -1,19 +1,14 @@
 """The FAISS index over the teacher's embeddings and the all-vs-all kNN search mining reads.
 
-What is indexed: one unit vector per usable image (skipped images are left out), by default
-the teacher's embedding of the image view (store view 0), so a pair's score is exactly the
-T_ij that RPSD computes for unflipped images; `view="mean"` indexes normalise(image + flip),
-the embedding the verification protocol uses. Inner product on unit vectors is cosine.
-Index row r is the r-th usable store row (`usable_rows`), so no id map is stored: the
-provenance hash in the sidecar pins the store, and with it the skipped rows.
+What is indexed: one unit vector per usable image, of the store view chosen by `view`
+(pipeline/stage_one/store_views.py). Index row r is the r-th usable store row (`usable_rows`), so
+no id map is stored: the provenance hash in the sidecar pins the store, and with it the skipped rows.
 
 Files: `<index>` (faiss.write_index) and `<index>.json` (IndexMetadata, with the index file's
-checksum, checked on load); the kNN result is an HDF5 file with `neighbours` (N x k int64 store
-rows) and `similarities` (N x k float32), row i for store row i; -1 / NaN where there is no
-neighbour (skipped images), and their content checksum (`KnnFile.verify`). Each output is written
-by one process at a time, under a temporary name, and published only when complete and verified.
-The query for image i never returns i, and the flip view is never a separate row, so "self or own
-flip" cannot appear.
+checksum, checked on load); the search writes the kNN file (pipeline/stage_one/knn_file.py).
+Each output is written by one process at a time, under a temporary name, and published only when
+complete and verified. The query for image i never returns i, and the flip view is never a
+separate row, so "self or own flip" cannot appear.
 
 Exact search (`Flat`) holds the database in the index (N x D float32) and streams the queries
 from the store block by block. GPU search is used when FAISS has GPU support and a GPU, for
@@ -25,26 +20,25 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import faiss
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.checksums import file_checksum, new_checksum
-from pipeline.errors import FacekdError, ProvenanceMismatchError
+from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
-from pipeline.hdf5 import verify_columns, written_hdf5
-from pipeline.stage_one.store import EmbeddingStore, check_finite_rows, read_rows
+from pipeline.stage_one.config import IndexConfig
+from pipeline.stage_one.knn_file import write_knn
+from pipeline.stage_one.store import EmbeddingStore, check_finite_rows, check_store_hash
+from pipeline.stage_one.store_views import iter_unit_vectors, read_unit_vectors, usable_rows
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("image", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 GPU_MAX_K = 2048  # largest k a FAISS GPU index can search
 METRIC = "inner_product"
-KNN_COLUMNS = ("neighbours", "similarities")
 FLAT_DATABASE_BLOCK = 16384  # database rows per BLAS block of an exact search (FAISS's default: 1024)
 
 
@@ -91,38 +85,6 @@ def configure_faiss(threads: int) -> None:
     faiss.cvar.distance_compute_blas_database_bs = FLAT_DATABASE_BLOCK
 
 
-def usable_rows(store: EmbeddingStore) -> np.ndarray:
-    """Store rows that are indexed and mined: every image that was not skipped."""
-    return np.flatnonzero(~store.skipped)
-
-
-def unit_vectors(embeddings: np.ndarray, view: str) -> np.ndarray:
-    """n x 2 x D store rows -> n x D float32 unit vectors of `view` ("image" or "mean")."""
-    if view not in VIEWS:
-        raise FacekdError(f"view is {view!r}; expected one of {', '.join(VIEWS)}")
-    embeddings = embeddings.astype(np.float32)
-    vectors = embeddings[:, 0] if view == "image" else embeddings.sum(axis=1)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, np.finfo(np.float32).tiny))
-
-
-def iter_unit_vectors(
-    store: EmbeddingStore, view: str, block_size: int, first: int = 0, end: int | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(usable store rows, their unit vectors) block by block, in store order, rows [first, end)."""
-    end = len(store) if end is None else min(end, len(store))
-    for start in range(first, end, block_size):
-        stop = min(start + block_size, end)
-        usable = ~store.skipped[start:stop]
-        if usable.any():
-            yield start + np.flatnonzero(usable), unit_vectors(store.embeddings[start:stop][usable], view)
-
-
-def read_unit_vectors(store: EmbeddingStore, rows: np.ndarray, view: str) -> np.ndarray:
-    """Unit vectors of some store rows (sorted, unique)."""
-    return unit_vectors(read_rows(store.embeddings, rows), view)
-
-
 def _training_vectors(store: EmbeddingStore, view: str, train_sample: int, seed: int, block_size: int) -> np.ndarray:
     """A seeded random sample of usable rows, read in one streaming pass over the store."""
     rows = usable_rows(store)
@@ -132,22 +94,14 @@ def _training_vectors(store: EmbeddingStore, view: str, train_sample: int, seed:
     return np.concatenate(parts)
 
 
-def build_index(
-    store: EmbeddingStore,
-    index_path: str | Path,
-    *,
-    factory: str = "Flat",
-    view: str = "image",
-    train_sample: int = 100_000,
-    seed: int = 0,
-    block_size: int = 65536,
-    threads: int = 0,
-    progress: bool = True,
-) -> IndexMetadata:
-    """Build the `factory` index (any faiss.index_factory string) over the store and write it atomically."""
-    index_path = Path(index_path)
+def build_index(store: EmbeddingStore, config: IndexConfig, *, progress: bool) -> IndexMetadata:
+    """Build the `config.factory` index (any faiss.index_factory string) over the store; write it atomically to `config.out`."""
+    index_path = Path(config.out)
     with exclusive_writer(index_path):
-        return _build_index(store, index_path, factory, view, train_sample, seed, block_size, threads, progress)
+        return _build_index(
+            store, index_path, config.factory, config.view, config.train_sample, config.seed, config.rows_per_search,
+            config.threads, progress,
+        )
 
 
 def _build_index(
@@ -226,15 +180,6 @@ def read_metadata(index_path: str | Path) -> IndexMetadata:
         return IndexMetadata(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as error:
         raise FacekdError(f"{path}: not a facekd index metadata file ({error})") from None
-
-
-def check_store_hash(path: str | Path, recorded_hash: str, store: EmbeddingStore) -> None:
-    """Refuse an artefact (index, kNN file, pair table) built from another store than `store`."""
-    if recorded_hash != store.provenance_hash:
-        raise ProvenanceMismatchError(
-            f"{path} was built from a store with provenance hash {recorded_hash}, but {store.path} has "
-            f"provenance hash {store.provenance_hash}; rebuild it from this store"
-        )
 
 
 def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Index, IndexMetadata]:
@@ -317,24 +262,14 @@ def drop_self(
     return np.take_along_axis(neighbours, order, axis=1), np.take_along_axis(similarities, order, axis=1)
 
 
-def search_knn(
-    store: EmbeddingStore,
-    index_path: str | Path,
-    knn_path: str | Path,
-    *,
-    k: int = 32,
-    device: str = "auto",
-    nprobe: int = 16,
-    ef_search: int = 128,
-    block_size: int = 65536,
-    threads: int = 0,
-    progress: bool = True,
-) -> KnnSummary:
-    """Every usable image's k nearest other images, written to `knn_path` (HDF5, atomically)."""
-    knn_path = Path(knn_path)
-    configure_faiss(threads)
-    index, metadata = load_index(index_path, store)
-    if k <= 0 or k >= index.ntotal:
+def search_knn(store: EmbeddingStore, config: IndexConfig, *, progress: bool) -> KnnSummary:
+    """Every usable image's `config.knn_k` nearest other images in the index at `config.out`, written to
+    `config.knn` (HDF5, atomically)."""
+    k, device, nprobe, ef_search, block_size = config.knn_k, config.device, config.nprobe, config.ef_search, config.rows_per_search
+    knn_path = Path(config.knn)
+    configure_faiss(config.threads)
+    index, metadata = load_index(config.out, store)
+    if k >= index.ntotal:
         raise FacekdError(f"knn_k is {k}; expected 1 .. {index.ntotal - 1} (the store has {index.ntotal} usable images)")
     set_search_parameters(index, nprobe, ef_search)
     chosen, warning = search_device(device, faiss_has_gpu(), k + 1)
@@ -364,70 +299,6 @@ def search_knn(
     write_knn(knn_path, attributes, len(store), k, block_size, blocks())
     bar.close()
     return KnnSummary(knn_path, chosen, k, len(rows_of_index))
-
-
-def write_knn(
-    knn_path: Path,
-    attributes: dict[str, Any],
-    num_rows: int,
-    k: int,
-    block_size: int,
-    blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
-) -> None:
-    """Write a kNN file (what `KnnFile` reads, checksummed) from (first store row, neighbours,
-    similarities) blocks that cover every store row in order (-1 / NaN rows for skipped images)."""
-    with exclusive_writer(knn_path), written_hdf5(knn_path, KNN_COLUMNS) as (knn_file, checksum):
-        for name, value in sorted(attributes.items()):
-            knn_file.attrs[name] = value
-        chunk_rows = min(block_size, num_rows)
-        neighbours_out = knn_file.create_dataset(
-            "neighbours", (num_rows, k), "int64", chunks=(chunk_rows, k), fillvalue=-1, track_times=False
-        )
-        similarities_out = knn_file.create_dataset(
-            "similarities", (num_rows, k), "float32", chunks=(chunk_rows, k), fillvalue=np.nan, track_times=False
-        )
-        for start, block_neighbours, block_similarities in blocks:
-            stop = start + len(block_neighbours)
-            neighbours_out[start:stop] = block_neighbours
-            similarities_out[start:stop] = block_similarities
-            checksum.update("neighbours", block_neighbours)
-            checksum.update("similarities", block_similarities)
-
-
-class KnnFile:
-    """Read access to a kNN result; refuses one searched over another store."""
-
-    def __init__(self, path: str | Path, store: EmbeddingStore) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FacekdError(f"{self.path}: kNN file not found; run `facekd index`")
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise FacekdError(f"{self.path}: not a readable HDF5 file ({error})") from None
-        if "neighbours" not in self.file or "store_provenance_hash" not in self.file.attrs:
-            self.file.close()
-            raise FacekdError(f"{self.path}: not a facekd kNN file (no neighbours dataset or store hash)")
-        try:
-            check_store_hash(self.path, self.file.attrs["store_provenance_hash"], store)
-        except ProvenanceMismatchError:
-            self.file.close()
-            raise
-        self.neighbours = self.file["neighbours"]
-        self.similarities = self.file["similarities"]
-        self.k = int(self.file.attrs["k"])
-        self.view = str(self.file.attrs["view"])
-        self.factory = str(self.file.attrs["factory"])
-
-    def verify(self) -> None:
-        """Refuse a kNN file whose content no longer matches its checksum (reads the whole file)."""
-        verify_columns(self.file, self.path, KNN_COLUMNS, "run `facekd index` again")
-
-    def __enter__(self) -> "KnnFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:

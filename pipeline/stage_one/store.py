@@ -39,13 +39,14 @@ import numpy as np
 from pipeline.checksums import CHECKSUM_LENGTH, new_checksum
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.files import check_room, partial_name, publish, storage_error, write_text_atomically
-from pipeline.hdf5 import CHECKSUM_ATTRIBUTE, recorded_checksum
+from pipeline.hdf5 import CHECKSUM_ATTRIBUTE, open_output, recorded_checksum
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: block checksums in the journal, whole-content checksum attribute
 UNSET_CHECKSUM = np.bytes_(b"-" * CHECKSUM_LENGTH)  # same size as a checksum: set in place when published
 STORE_DTYPES = ("float16", "float32")
+STORE_DATASETS = ("embeddings", "norms", "labels", "keys", "skipped", "identities")
 # Provenance fields that decide whether a store answers a request; the rest is informational.
 IDENTITY_FIELDS = (
     "teacher_sha256",
@@ -179,7 +180,7 @@ class StoreWriter:
         identity_names: list[str],
         embedding_dim: int,
         block_size: int,
-        embedding_dtype: str = "float16",
+        embedding_dtype: str,
     ) -> None:
         if embedding_dtype not in STORE_DTYPES:
             raise FacekdError(f"embedding dtype is {embedding_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
@@ -366,17 +367,9 @@ class EmbeddingStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            hint = " (a partial store exists: rerun `facekd embed` to finish it)" if partial_path(self.path).exists() else ""
-            raise FacekdError(f"{self.path}: embedding store not found{hint}")
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise FacekdError(f"{self.path}: not a readable HDF5 file ({error})") from None
-        missing = [name for name in ("embeddings", "norms", "labels", "keys", "skipped", "identities") if name not in self.file]
-        if missing:
-            self.file.close()
-            raise FacekdError(f"{self.path}: not a facekd embedding store (missing datasets: {', '.join(missing)})")
+        partial = partial_path(self.path).exists()
+        remedy = "a partial store exists: rerun `facekd embed` to finish it" if partial else "run `facekd embed`"
+        self.file = open_output(self.path, "embedding store", STORE_DATASETS, remedy=remedy)
         self.provenance = read_provenance(self.file)
         self.labels = self.file["labels"][:]
         self.skipped = self.file["skipped"][:].astype(bool)
@@ -465,6 +458,15 @@ class EmbeddingStore:
             raise ProvenanceMismatchError(
                 f"{self.path}: this store was built from other inputs than requested:\n  " + "\n  ".join(differences)
             )
+
+
+def check_store_hash(path: str | Path, recorded_hash: str, store: EmbeddingStore) -> None:
+    """Refuse an artefact (index, kNN file, pair table) built from another store than `store`."""
+    if recorded_hash != store.provenance_hash:
+        raise ProvenanceMismatchError(
+            f"{path} was built from a store with provenance hash {recorded_hash}, but {store.path} has "
+            f"provenance hash {store.provenance_hash}; rebuild it from this store"
+        )
 
 
 def check_finite_rows(store: EmbeddingStore, block_size: int = 65536) -> None:

@@ -7,49 +7,15 @@ differ; relation terms (RKD, SP, RPSD) compare similarities and use the raw stud
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import FacekdError
+from pipeline.stage_two.config import DistillationConfig
 from pipeline.stage_two.losses import (
     AdaArcDistillLoss, FCLoss, ILEDLoss, RawL2Loss, RKDLoss, RPSDLoss, SPLoss, embedding_projector, iled_rho,
 )
-from pipeline.stage_two.memory import MemoryBank, gather_from_all_ranks
-
-
-@dataclass(frozen=True)
-class DistillationConfig:
-    """Weights (λ) and knobs of the KD terms; defaults are method.md's (the CPU pipeline's
-    params.yaml uses a smaller memory bank)."""
-
-    raw_l2: float = 0.0
-    fc: float = 0.0
-    rkd: float = 0.0
-    sp: float = 0.0
-    adaarc: float = 0.0
-    adaarc_scale: float = 64.0
-    adaarc_margin: float = 0.45
-    iled: float = 0.0
-    iled_beta: float = 1.0
-    iled_rho0: float = 1.0
-    iled_rho_min: float = 0.3
-    iled_ramp_epochs: float | None = None  # None: half of the training epochs
-    rpsd: float = 0.0
-    rpsd_k_neg: int = 64  # <= 0: no mining, every pair
-    rpsd_bank_size: int = 16384  # 0: no memory bank
-    rpsd_variant: str = "mse"
-    rpsd_temperature: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("raw_l2", "fc", "rkd", "sp", "adaarc", "iled", "rpsd"):
-            if getattr(self, name) < 0:
-                raise FacekdError(f"distillation weight {name} is {getattr(self, name)}; expected >= 0")
-
-    @property
-    def uses_teacher(self) -> bool:
-        return any(getattr(self, name) > 0 for name in ("raw_l2", "fc", "rkd", "sp", "adaarc", "iled", "rpsd"))
+from pipeline.stage_two.distributed import gather_from_all_ranks
+from pipeline.stage_two.memory import MemoryBank
 
 
 class Distiller(nn.Module):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -75,24 +74,3 @@ class MemoryBank(nn.Module):
             self.teacher[:size], self.student[:size], self.labels[:size], self.dataset_indices[:size]
         )
 
-
-@torch.no_grad()
-def gather_from_all_ranks(tensor: Tensor) -> Tensor:
-    """Concatenate `tensor` from every DDP rank along dim 0, in rank order.
-
-    Identity when torch.distributed is not initialised. Ranks may hold
-    different row counts (a short last batch): sizes are exchanged first and rows padded.
-    The result carries no gradient; it only feeds the memory bank.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor.detach()
-    world_size = dist.get_world_size()
-    local_size = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
-    sizes = [torch.zeros_like(local_size) for _ in range(world_size)]
-    dist.all_gather(sizes, local_size)
-    max_size = int(torch.stack(sizes).max())
-    padded = tensor.new_zeros((max_size, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor.detach()
-    gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([rows[: int(size)] for rows, size in zip(gathered, sizes)])

@@ -14,10 +14,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,16 @@ from tqdm import tqdm
 
 from pipeline.stage_two.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.data.dataset import FaceDataset
-from pipeline.stage_two.distill import DistillationConfig, Distiller
+from pipeline.stage_two.config import IMAGES_MEMORY_BYTES, TrainConfig
+from pipeline.stage_two.distributed import init_distributed
 from pipeline.errors import FacekdError
-from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
-from pipeline.stage_two.losses import margin_head
+from pipeline.files import exclusive_writer, opened_atomically, write_text_atomically
+from pipeline.source_closure import import_closure
 from pipeline.stage_two.models import build_backbone
 from pipeline.stage_two.models.export import export_onnx
 from pipeline.stage_two.sampler import PairBatchSampler, RandomBatchSampler
+from pipeline.stage_two.schedule import learning_rate
+from pipeline.stage_two.student import StudentModel
 from pipeline.stage_two.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
 
 log = logging.getLogger(__name__)
@@ -49,138 +51,10 @@ METRICS = "train_metrics.json"
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """SGD with momentum; `lr` is the rate for a global batch of 512 (scaled linearly)."""
-
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "poly"  # "poly" or "step"
-    warmup_epochs: float = 1.0
-    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the rate by gamma
-    gamma: float = 0.1
-    power: float = 2.0  # exponent of "poly"
-    clip_grad_norm: float = 5.0  # <= 0: no clipping
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("poly", "step"):
-            raise FacekdError(f"learning-rate schedule is {self.schedule!r}; expected 'poly' or 'step'")
-        if not 0 < self.lr < math.inf:  # also refuses NaN, which would pass `lr <= 0`
-            raise FacekdError(f"learning rate is {self.lr}; expected a positive finite number")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    backbone: str
-    embedding_dim: int = 512
-    width: float = 1.0
-    margin: str = "arcface"  # or "cosface"
-    margin_scale: float = 64.0
-    margin_value: float | None = None  # None: 0.5 for ArcFace, 0.35 for CosFace
-    margin_weight: float = 1.0  # 0: no margin head (e.g. the AdaArcDistill row)
-    margin_sample_rate: float = 1.0  # < 1: Partial FC, the softmax over this fraction of the class centres
-    epochs: int = 10
-    batch_size: int = 256  # global, over all ranks
-    seed: int = 0
-    sampler: str = "random"  # or "pairs"
-    flip: bool = True
-    num_workers: int = 0
-    threads: int = 0  # torch intra-op threads per process; 0: torch's default
-    compile: bool = False  # torch.compile the backbone: ~1.8x faster on CPU; stages probe first that it is safe
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    distillation: DistillationConfig = field(default_factory=DistillationConfig)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in ("random", "pairs"):
-            raise FacekdError(f"sampler is {self.sampler!r}; expected 'random' or 'pairs'")
-        if self.epochs <= 0:
-            raise FacekdError(f"epochs is {self.epochs}; expected a positive int")
-        if self.batch_size < 2:
-            raise FacekdError(
-                f"batch_size is {self.batch_size}; expected at least 2 (BatchNorm needs 2 or more samples per rank per step)"
-            )
-        if self.sampler == "pairs" and self.batch_size % 2:
-            raise FacekdError(
-                f"batch_size is {self.batch_size}; the pairs sampler needs an even batch (anchor, partner, ...)"
-            )
-        if self.margin_weight <= 0 and not self.distillation.uses_teacher:
-            raise FacekdError("margin_weight is 0 and no distillation term is set: nothing to train")
-        if not 0 < self.margin_sample_rate <= 1:
-            raise FacekdError(f"margin_sample_rate is {self.margin_sample_rate}; expected a fraction in (0, 1]")
-
-    def fingerprint(self) -> str:
-        """Identifies the settings and the library code a checkpoint was made with.
-
-        A checkpoint is resumed only under the same fingerprint: after a change of settings or of
-        the code, a kept checkpoint (DVC `persist`) must not pass for the new run's result.
-        """
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        for source in sorted(Path(__file__).parents[1].rglob("*.py")):
-            digest.update(source.read_bytes())
-        return digest.hexdigest()
-
-
-@dataclass(frozen=True)
 class TrainResult:
     out_dir: Path
     resumed_from_epoch: int
     metrics: dict[str, Any]
-
-
-def learning_rate(config: OptimConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Linear warm-up, then polynomial decay to 0 or step decay at the milestones."""
-    epoch = step / steps_per_epoch
-    if epoch < config.warmup_epochs:
-        return base_lr * (step + 1) / (config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "step":
-        return base_lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
-    progress = (epoch - config.warmup_epochs) / max(epochs - config.warmup_epochs, 1e-9)
-    return base_lr * max(0.0, 1.0 - progress) ** config.power
-
-
-class StudentModel(nn.Module):
-    """Backbone + margin head + KD terms in one module, so DDP synchronises all their gradients."""
-
-    def __init__(self, config: TrainConfig, input_size: int, num_classes: int, teacher_dim: int | None) -> None:
-        super().__init__()
-        self.backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width)
-        self.head = (
-            margin_head(
-                config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value,
-                config.margin_sample_rate, config.seed,
-            )
-            if config.margin_weight > 0 else None
-        )
-        self.margin_weight = config.margin_weight
-        self.distiller = (
-            Distiller(config.distillation, config.embedding_dim, teacher_dim, num_classes, config.epochs)
-            if config.distillation.uses_teacher and teacher_dim else None
-        )
-
-    def forward(
-        self, images: Tensor, labels: Tensor, targets: Tensor, indices: Tensor, epoch: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        embeddings = self.backbone(images)
-        terms: dict[str, Tensor] = {}
-        if self.head is not None:
-            terms["margin"] = self.margin_weight * self.head(embeddings, labels)
-        if self.distiller is not None:
-            terms.update(self.distiller(embeddings, targets, labels, indices, epoch))
-        return embeddings, terms
-
-
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return rank, world_size, device
 
 
 def run_fingerprint(
@@ -190,12 +64,16 @@ def run_fingerprint(
     pair_offsets: np.ndarray | None,
     pair_partners: np.ndarray | None,
 ) -> str:
-    """Settings + code (`TrainConfig.fingerprint`) + the data a run learns from.
+    """Settings + training code + the data a run learns from.
 
-    A kept checkpoint is resumed only when all of them are unchanged: after a new teacher pass,
-    new images or new mined pairs, it must not pass for the new run's result.
+    A kept checkpoint (DVC `persist`) is resumed only when all of them are unchanged: after new
+    settings, a change to the code the training loop runs (its import closure; code it never runs,
+    e.g. mining or evaluation, does not count), a new teacher pass, new images or new mined pairs,
+    it must not pass for the new run's result.
     """
     digest = hashlib.sha256(config.fingerprint().encode())
+    for source in import_closure(__name__):
+        digest.update(source.read_bytes())
     digest.update(f"{dataset.fingerprint()}\0{dataset.num_identities}".encode())
     if targets is not None:
         digest.update(targets.store_hash.encode())
@@ -245,7 +123,7 @@ def train(
     usable: np.ndarray | None = None,
     pair_offsets: np.ndarray | None = None,
     pair_partners: np.ndarray | None = None,
-    images_memory_bytes: int = 2 << 30,
+    images_memory_bytes: int = IMAGES_MEMORY_BYTES,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume) a backbone on `dataset`; write checkpoint, log, metrics and ONNX to `out_dir`.
@@ -257,7 +135,7 @@ def train(
     One run writes `out_dir` at a time: a second one is refused at once, naming the first's PID.
     """
     out_dir = Path(out_dir)
-    rank, world_size, device = _distributed()
+    rank, world_size, device = init_distributed()
     with exclusive_writer(out_dir / CHECKPOINT) if rank == 0 else nullcontext():
         return _train(
             config, dataset, out_dir, rank, world_size, device, targets, usable, pair_offsets, pair_partners,
@@ -383,7 +261,7 @@ def _train(
                 {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng_state": torch.get_rng_state(), "history": history, "world_size": world_size,
-                    "run_fingerprint": fingerprint, "config": asdict(config),
+                    "run_fingerprint": fingerprint, "config": config.model_dump(),
                 },
                 checkpoint_path,
             )
@@ -414,7 +292,7 @@ def _train(
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
     columns = sorted({name for row in history for name in row} - {"epoch"})
-    with written_atomically(path) as temporary, open(temporary, "w", newline="") as stream:
+    with opened_atomically(path, newline="") as stream:
         writer = csv.DictWriter(stream, ["epoch", *columns])
         writer.writeheader()
         writer.writerows(history)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pipeline.data.dataset import FaceDataset
 from pipeline.errors import FacekdError
+from pipeline.stage_two.config import TARGETS_MEMORY_BYTES, TrainConfig, TrainSection
 from pipeline.stage_one.store import provenance_hash, read_provenance
 
 
@@ -30,7 +31,7 @@ class TeacherTargets:
     no HDF5 call per sample. Each process (DataLoader workers too) maps the file on first use.
     """
 
-    def __init__(self, store_path: str | Path, memory_budget_bytes: int = 8 << 30) -> None:
+    def __init__(self, store_path: str | Path, memory_budget_bytes: int = TARGETS_MEMORY_BYTES) -> None:
         self.store_path = Path(store_path)
         with h5py.File(self.store_path, "r") as store:
             self.store_hash = provenance_hash(read_provenance(store))
@@ -176,7 +177,7 @@ def load_training_inputs(
     store_path: str | Path,
     pairs_path: str | Path | None,
     load_targets: bool = True,
-    memory_budget_bytes: int = 8 << 30,
+    memory_budget_bytes: int = TARGETS_MEMORY_BYTES,
 ) -> TrainingInputs:
     """The store's targets and usable rows, and the mined pairs (when `pairs_path` is given).
 
@@ -184,7 +185,7 @@ def load_training_inputs(
     targets with NaN or infinite rows (an edited or damaged store): training on them would fail
     much later, with a loss that seems to blame the learning rate.
     """
-    from pipeline.stage_one.mining import PairTable
+    from pipeline.stage_one.pair_table import PairTable
     from pipeline.stage_one.store import EmbeddingStore, check_finite_rows
 
     with EmbeddingStore(store_path) as store:
@@ -199,3 +200,17 @@ def load_training_inputs(
     if load_targets:
         inputs.targets = TeacherTargets(store_path, memory_budget_bytes)
     return inputs
+
+
+def load_section_inputs(section: TrainSection, configs: list[TrainConfig]) -> TrainingInputs:
+    """The data a training section names, loaded once for all `configs`: the targets only if one
+    of them distils, the pairs only if one of them samples pairs."""
+    from pipeline.data.open import open_dataset
+
+    return load_training_inputs(
+        open_dataset(section.dataset),
+        section.store,
+        section.pairs if any(config.sampler == "pairs" for config in configs) else None,
+        load_targets=any(config.distillation.uses_teacher for config in configs),
+        memory_budget_bytes=section.targets_memory_bytes,
+    )

@@ -1,6 +1,8 @@
 import io
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -211,7 +213,7 @@ def test_writer_rejects_labels_float32_cannot_hold(tmp_path):
 def test_open_dataset_finds_an_insightface_folder_and_embed_reads_it(tmp_path, tiny_teacher):
     """A faces_emore-style folder (train.rec + train.idx) goes through stage one like an image folder."""
     from pipeline.data.open import open_dataset
-    from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+    from tests.stage_one.stores import embed_here
     from pipeline.stage_one.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
@@ -226,7 +228,7 @@ def test_open_dataset_finds_an_insightface_folder_and_embed_reads_it(tmp_path, t
     dataset = open_dataset(folder)
     assert isinstance(dataset, RecordIODataset) and dataset.labels.tolist() == [0, 0, 1, 1, 2]
     assert isinstance(open_dataset(folder / "train.rec"), RecordIODataset)
-    embed_dataset(dataset, TeacherConfig(str(tiny_teacher)), tmp_path / "s.h5", workers=0, progress=False)
+    embed_here(dataset, str(tiny_teacher), tmp_path / "s.h5")
     with EmbeddingStore(tmp_path / "s.h5") as store:
         assert store.provenance["dataset_kind"] == "recordio" and store.keys == dataset.keys
 
@@ -238,3 +240,22 @@ def test_open_dataset_matches_the_rec_suffix_in_any_case(tmp_path):
     dataset = open_dataset(tmp_path / "FACES.REC")
     assert isinstance(dataset, RecordIODataset) and dataset.idx_path.name == "FACES.IDX"
     assert dataset.labels.tolist() == [0, 1] and dataset.load(1).shape == (6, 8, 3)
+
+
+def test_a_file_size_limit_leaves_neither_file_and_names_them(tmp_path):
+    """Under `ulimit -f` the .rec cannot be finished: one error line, and no .rec/.idx pair that looks complete."""
+    script = (
+        "import resource, sys\n"
+        "from pipeline.data.recordio import write_recordio\n"
+        "from pipeline.errors import FacekdError\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        f"    write_recordio({str(tmp_path / 'train.rec')!r}, {str(tmp_path / 'train.idx')!r},\n"
+        "                   [(1, bytes(1000))] * 10)\n"
+        "except FacekdError as error:\n"
+        "    sys.exit(str(error))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "train.rec and train.idx: cannot write (File too large); train.rec and train.idx were left as they were" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -6,9 +6,10 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.data.image_folder import ImageFolderDataset
-from pipeline.data.synth import (
-    SPLIT_FIRST_IDENTITY, generate, generate_split, identity_name, render_image, sample_traits,
-)
+from pipeline.data.synth import generate, generate_split
+from pipeline.data.synth.render import render_image
+from pipeline.data.synth.traits import sample_traits
+from pipeline.data.synth.write import SPLIT_FIRST_IDENTITY, identity_name
 from pipeline.errors import FacekdError
 from stages.cli import cli
 
@@ -151,4 +152,4 @@ def test_command_names_the_bad_parameter(tmp_path):
     params = write_params(tmp_path / "params.yaml", seed=-3)
     result = CliRunner().invoke(cli, ["synth", "--params", str(params), "--out", str(tmp_path / "data")])
     assert result.exit_code == 1
-    assert f"{params}: synth.seed is -3" in result.output
+    assert f"{params}: synth.seed: -3 — expected greater than or equal to 0" in result.output

@@ -18,10 +18,10 @@ from stages.cli import cli
 
 def _params(tmp_path: Path, pairs: str) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"evaluate": {
-        "pairs": pairs, "preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 127.5},
-        "device": "auto", "batch_size": 16, "folds": 10,
-    }}))
+    path.write_text(yaml.safe_dump({
+        "evaluate": {"pairs": pairs, "device": "auto", "batch_size": 16, "folds": 10},
+        "embed": {"preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 127.5}},
+    }))
     return path
 
 
@@ -119,12 +119,12 @@ def test_evaluate_a_missing_model_names_it_without_calling_it_a_teacher(tmp_path
 def test_evaluate_as_teacher_names_the_bad_preprocessing_key(tmp_path: Path, tiny_teacher: Path) -> None:
     params = _params(tmp_path, "lfw.bin")
     values = yaml.safe_load(params.read_text())
-    values["embed"] = {"preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 0.0}}
+    values["embed"]["preprocessing"]["std"] = 0.0
     params.write_text(yaml.safe_dump(values))
     result = CliRunner().invoke(cli, ["evaluate", "--params", str(params), "--as-teacher",
                                       "--onnx", str(tiny_teacher), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"{params}: embed.preprocessing.std is 0.0; expected a positive float" in result.output, result.output
+    assert f"{params}: embed.preprocessing.std: 0.0 — expected greater than 0" in result.output, result.output
 
 
 def test_evaluate_every_pair_set_of_a_folder(tmp_path: Path, face_folder: Path, tiny_teacher: Path) -> None:
@@ -147,7 +147,7 @@ def test_evaluate_every_pair_set_of_a_folder(tmp_path: Path, face_folder: Path, 
 
 
 @pytest.mark.parametrize(("pairs", "expected"), [
-    (["a.bin", "b.bin"], "evaluate.pairs is ['a.bin', 'b.bin']; expected one path: a .bin file, a pair list, or a folder of them"),
+    (["a.bin", "b.bin"], "evaluate.pairs: ['a.bin', 'b.bin'] — expected one path: a .bin file, a pair list, or a folder of them"),
     ("missing.bin", "evaluate.pairs is 'missing.bin', which does not exist"),
 ])
 def test_evaluate_names_a_bad_pairs_setting(tmp_path: Path, tiny_teacher: Path, pairs: object, expected: str) -> None:

@@ -13,9 +13,10 @@ from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.evaluation.latency import count_onnx_multiply_adds, default_settings, latency_report
 from pipeline.stage_two.models import build_backbone, count_multiply_adds
 from pipeline.stage_two.models.export import export_onnx
+from pipeline.evaluation.config import QuantizeConfig
 from pipeline.evaluation.quantize import cosine_agreement, embed, quantize_model, sample_images, student_pixels
 from stages.cli import cli
-from tests.conftest import TINY_SIZE
+from tests.tiny_faces import TINY_SIZE
 
 INT8_OPS = {"QuantizeLinear", "QLinearConv", "ConvInteger"}
 
@@ -42,7 +43,7 @@ def test_quantized_student_is_smaller_agrees_with_fp32_and_is_reproducible(
 ) -> None:
     calibration, validation = face_pixels
     out = tmp_path / "model.int8.onnx"
-    report = quantize_model(tiny_student, out, calibration, validation, formats=["qdq", "qoperator"], latency_runs=20)
+    report = quantize_model(tiny_student, out, calibration, validation, QuantizeConfig(formats=["qdq", "qoperator"], latency_runs=20))
 
     assert report["chosen"] in ("qdq", "qoperator") and report["reason"].startswith(report["chosen"])
     assert set(report["candidates"]) == {"fp32", "qdq", "qoperator"}
@@ -54,17 +55,17 @@ def test_quantized_student_is_smaller_agrees_with_fp32_and_is_reproducible(
     assert agreement["cosine_mean"] == pytest.approx(report["candidates"][report["chosen"]]["cosine_mean"], abs=1e-6)
 
     again = tmp_path / "again.int8.onnx"
-    quantize_model(tiny_student, again, calibration, validation, formats=[report["chosen"]], latency_runs=2)
+    quantize_model(tiny_student, again, calibration, validation, QuantizeConfig(formats=[report["chosen"]], latency_runs=2))
     assert again.read_bytes() == out.read_bytes()  # DVC sees no change when the stage reruns
 
 
-def test_unknown_quantize_settings_are_named(tmp_path: Path, tiny_student: Path, face_pixels: tuple[np.ndarray, np.ndarray]) -> None:
+def test_unknown_quantize_settings_are_named() -> None:
     from pipeline.errors import FacekdError
 
-    with pytest.raises(FacekdError, match="method is 'kl'; expected one of minmax, entropy, percentile"):
-        quantize_model(tiny_student, tmp_path / "x.onnx", *face_pixels, formats=["qdq"], method="kl")
-    with pytest.raises(FacekdError, match="formats is \\['qlinear'\\]"):
-        quantize_model(tiny_student, tmp_path / "x.onnx", *face_pixels, formats=["qlinear"])
+    with pytest.raises(FacekdError, match="method: 'kl' — expected 'minmax', 'entropy' or 'percentile'"):
+        QuantizeConfig(formats=["qdq"], method="kl")
+    with pytest.raises(FacekdError, match="formats.0: 'qlinear' — expected 'qdq' or 'qoperator'"):
+        QuantizeConfig(formats=["qlinear"])
 
 
 @pytest.mark.parametrize("backbone", ["mobilefacenet", "iresnet18"])
@@ -78,7 +79,7 @@ def test_graph_multiply_adds_match_the_torch_count_in_fp32_and_int8(
     assert count_onnx_multiply_adds(fp32) == expected
     for quant_format in ("qdq", "qoperator"):
         int8 = tmp_path / f"{quant_format}.onnx"
-        quantize_model(fp32, int8, *face_pixels, formats=[quant_format], latency_runs=2)
+        quantize_model(fp32, int8, *face_pixels, QuantizeConfig(formats=[quant_format], latency_runs=2))
         assert count_onnx_multiply_adds(int8) == expected, quant_format
 
 

@@ -15,18 +15,18 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.data.image_folder import ImageFolderDataset
-from pipeline.stage_one.embed import TeacherConfig, embed_dataset
 from pipeline.errors import CorruptImageError, FacekdError
 from pipeline.stage_one.store import EmbeddingStore, journal_path, partial_path
 from pipeline.face_model import OnnxFaceModel
 from stages.cli import cli
-from tests.conftest import TINY_DIM, write_face_folder
+from tests.stage_one.stores import embed_here
+from tests.tiny_faces import TINY_DIM, write_face_folder
 
 
 @pytest.fixture(scope="module")
 def single_process_store(tmp_path_factory, face_folder: Path, tiny_teacher: Path) -> Path:
     path = tmp_path_factory.mktemp("stores") / "reference.h5"
-    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), path, block_size=8, workers=0, progress=False)
+    embed_here(ImageFolderDataset(face_folder), str(tiny_teacher), path, images_per_block=8)
     return path
 
 
@@ -51,17 +51,16 @@ def test_one_and_two_dask_workers_give_identical_stores(
     reference = single_process_store.read_bytes()
     for workers in (1, 2):
         path = tmp_path / f"workers{workers}.h5"
-        summary = embed_dataset(dataset, TeacherConfig(str(tiny_teacher)), path, block_size=8, workers=workers, progress=False)
+        summary = embed_here(dataset, str(tiny_teacher), path, images_per_block=8, workers=workers)
         assert summary.embedded_blocks == 6 and not summary.up_to_date
         assert path.read_bytes() == reference, f"{workers} dask workers changed the store"
 
 
 def test_existing_complete_store_is_reused(tmp_path: Path, face_folder: Path, tiny_teacher: Path) -> None:
     path = tmp_path / "s.h5"
-    config = TeacherConfig(str(tiny_teacher))
-    embed_dataset(ImageFolderDataset(face_folder), config, path, block_size=8, workers=0, progress=False)
+    embed_here(ImageFolderDataset(face_folder), tiny_teacher, path, images_per_block=8)
     before = path.stat().st_mtime_ns
-    summary = embed_dataset(ImageFolderDataset(face_folder), config, path, block_size=8, workers=0, progress=False)
+    summary = embed_here(ImageFolderDataset(face_folder), tiny_teacher, path, images_per_block=8)
     assert summary.up_to_date and path.stat().st_mtime_ns == before
 
 
@@ -69,7 +68,8 @@ KILLABLE_EMBED = textwrap.dedent(
     """
     import sys, time
     from pipeline.data.image_folder import ImageFolderDataset
-    from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+    from pipeline.stage_one.config import EmbedConfig
+    from pipeline.stage_one.embed import embed_dataset
 
     class SlowFolder(ImageFolderDataset):
         def load(self, index):
@@ -78,7 +78,8 @@ KILLABLE_EMBED = textwrap.dedent(
 
     if __name__ == "__main__":
         folder, teacher, store = sys.argv[1:]
-        embed_dataset(SlowFolder(folder), TeacherConfig(teacher), store, block_size=4, workers=0, progress=False)
+        config = EmbedConfig(teacher=teacher, store=store, workers=0, images_per_block=4)
+        embed_dataset(SlowFolder(folder), config, dataset_root="", scheduler=None, progress=False)
     """
 )
 
@@ -106,13 +107,11 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_store(
     assert partial_path(store).exists() and not store.exists()
     assert 3 <= finished_before_kill < 11
 
-    summary = embed_dataset(
-        ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), store, block_size=4, workers=0, progress=False
-    )
+    summary = embed_here(ImageFolderDataset(face_folder), tiny_teacher, store, images_per_block=4)
     assert summary.resumed_blocks == finished_before_kill
     assert summary.embedded_blocks == 11 - finished_before_kill
     reference = tmp_path / "uninterrupted.h5"
-    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), reference, block_size=4, workers=0, progress=False)
+    embed_here(ImageFolderDataset(face_folder), str(tiny_teacher), reference, images_per_block=4)
     assert store.read_bytes() == reference.read_bytes()
     assert not partial_path(store).exists() and not journal.exists()
 
@@ -127,7 +126,7 @@ def folder_with_corrupt_image(tmp_path: Path) -> Path:
 def test_corrupt_image_names_the_file(tmp_path: Path, folder_with_corrupt_image: Path, tiny_teacher: Path) -> None:
     dataset = ImageFolderDataset(folder_with_corrupt_image)
     with pytest.raises(CorruptImageError, match=r"person01/002\.jpg: cannot decode image") as error:
-        embed_dataset(dataset, TeacherConfig(str(tiny_teacher)), tmp_path / "s.h5", block_size=4, workers=0, progress=False)
+        embed_here(dataset, str(tiny_teacher), tmp_path / "s.h5", images_per_block=4)
     assert "not a known image format; 21 bytes starting b'\\xff\\xd8 this '" in str(error.value)
     assert "BytesIO" not in str(error.value)  # PIL's own message names only its in-memory buffer
     assert not (tmp_path / "s.h5").exists()
@@ -136,9 +135,7 @@ def test_corrupt_image_names_the_file(tmp_path: Path, folder_with_corrupt_image:
 def test_skip_policy_lists_skipped_keys(tmp_path: Path, folder_with_corrupt_image: Path, tiny_teacher: Path) -> None:
     dataset = ImageFolderDataset(folder_with_corrupt_image)
     path = tmp_path / "s.h5"
-    summary = embed_dataset(
-        dataset, TeacherConfig(str(tiny_teacher)), path, block_size=4, workers=0, skip_corrupt=True, progress=False
-    )
+    summary = embed_here(dataset, tiny_teacher, path, images_per_block=4, on_corrupt="skip")
     assert summary.num_skipped == 1
     with EmbeddingStore(path) as store:
         skipped_keys = [store.keys[i] for i in np.flatnonzero(store.skipped)]
@@ -153,14 +150,14 @@ def test_mixed_image_sizes_are_refused(tmp_path: Path, tiny_teacher: Path) -> No
     root = write_face_folder(tmp_path / "faces", identities=2, images=2)
     shutil.copy(write_face_folder(tmp_path / "big", 1, 1, size=40) / "person00" / "000.jpg", root / "person01" / "001.jpg")
     with pytest.raises(FacekdError, match=r"person01/001\.jpg: image is 40x40 but .*person00/000\.jpg is 32x32"):
-        embed_dataset(ImageFolderDataset(root), TeacherConfig(str(tiny_teacher)), tmp_path / "s.h5", workers=0, progress=False)
+        embed_here(ImageFolderDataset(root), str(tiny_teacher), tmp_path / "s.h5")
 
 
 def _params(tmp_path: Path, face_folder: Path, tiny_teacher: Path, **changes) -> Path:
     embed_section = {
         "dataset": str(face_folder), "dataset_format": "auto", "teacher": str(tiny_teacher),
         "preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 127.5}, "resize": False, "device": "auto",
-        "workers": 0, "threads_per_worker": 1, "block_size": 16, "batch_size": 32, "on_corrupt": "error",
+        "workers": 0, "threads_per_worker": 1, "images_per_block": 16, "batch_size": 32, "on_corrupt": "error",
         "dtype": "float16", "store": str(tmp_path / "cli.h5"),
     }
     embed_section.update(changes)
@@ -185,16 +182,17 @@ def test_cli_embed_then_reuse_then_info(tmp_path: Path, face_folder: Path, tiny_
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"block_size": 0}, r"embed\.block_size is 0; expected a positive int"),
-        ({"on_corrupt": "ignore"}, r"embed\.on_corrupt is 'ignore'; expected one of error, skip"),
+        ({"images_per_block": 0}, r"embed\.images_per_block: 0 — expected greater than 0"),
+        ({"block_size": 16}, r"embed\.block_size: 16 — embed\.block_size was renamed to embed\.images_per_block"),
+        ({"on_corrupt": "ignore"}, r"embed\.on_corrupt: 'ignore' — expected 'error' or 'skip'"),
         ({"teacher": "missing.onnx"}, r"model not found: .*missing\.onnx"),
         ({"dataset": "no/such/folder"}, r"no/such/folder: dataset not found"),
-        ({"preprocessing": {"channel_order": "rgb", "mean": 127.5}}, r"embed\.preprocessing\.std is missing"),
+        ({"preprocessing": {"channel_order": "rgb", "mean": 127.5}}, r"embed\.preprocessing\.std: missing — expected a value"),
         ({"preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 0.0}},
-         r"params\.yaml: embed\.preprocessing\.std is 0\.0; expected a positive float"),
+         r"params\.yaml: embed\.preprocessing\.std: 0\.0 — expected greater than 0"),
         ({"preprocessing": {"channel_order": "RGB", "mean": 127.5, "std": 127.5}},
-         r"params\.yaml: embed\.preprocessing\.channel_order is 'RGB'; expected one of rgb, bgr"),
-        ({"dtype": "int8"}, r"embed\.dtype is 'int8'; expected one of float16, float32"),
+         r"params\.yaml: embed\.preprocessing\.channel_order: 'RGB' — expected 'rgb' or 'bgr'"),
+        ({"dtype": "int8"}, r"embed\.dtype: 'int8' — expected 'float16' or 'float32'"),
     ],
 )
 def test_cli_bad_parameters_get_clear_errors(tmp_path, face_folder, tiny_teacher, changes, message) -> None:
@@ -208,7 +206,7 @@ def test_cli_bad_parameters_get_clear_errors(tmp_path, face_folder, tiny_teacher
 def test_cli_embed_on_an_existing_dask_cluster(tmp_path: Path, face_folder: Path, tiny_teacher: Path, single_process_store: Path) -> None:
     from distributed import Client, LocalCluster
 
-    params = _params(tmp_path, face_folder, tiny_teacher, block_size=8)
+    params = _params(tmp_path, face_folder, tiny_teacher, images_per_block=8)
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
         result = CliRunner().invoke(cli, ["embed", "--params", str(params), "--scheduler", cluster.scheduler_address, "--quiet"])
         assert result.exit_code == 0, result.output

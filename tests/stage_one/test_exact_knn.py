@@ -8,29 +8,32 @@ import pytest
 import yaml
 
 from pipeline.errors import FacekdError
+from pipeline.stage_one.config import IndexConfig
 from pipeline.stage_one.exact_knn import choose_backend, merge_top_k, query_rows_per_pass, search_exact_streamed
-from pipeline.stage_one.index import GPU_MAX_K, KnnFile, load_index
+from pipeline.stage_one.index import GPU_MAX_K, load_index
+from pipeline.stage_one.knn_file import KnnFile
 from pipeline.stage_one.store import EmbeddingStore
-from tests.stage_one.test_index import index_and_search, random_store  # noqa: F401 (a fixture)
-from tests.stage_one.test_pairs_cli import _params, _run, mined  # noqa: F401 (a fixture)
+from tests.stage_one.index_mine_cli import index_mine_params, run_cli
+from tests.stage_one.stores import index_and_search
 
 
-def streamed_search(store_path: Path, tmp_path: Path, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
+def streamed_search(store_path: Path, tmp_path: Path, k: int, backend: str, **settings) -> tuple[np.ndarray, np.ndarray]:
+    config = IndexConfig(out=str(tmp_path / "none.faiss"), knn=str(tmp_path / "streamed.h5"), knn_k=k, **settings)
     with EmbeddingStore(store_path) as store:
-        search_exact_streamed(store, tmp_path / "none.faiss", tmp_path / "streamed.h5", k=k, progress=False, **options)
+        search_exact_streamed(store, config, backend=backend, progress=False)
         with KnnFile(tmp_path / "streamed.h5", store) as knn:
             knn.verify()
             return knn.neighbours[:], knn.similarities[:]
 
 
-# memory 0: one store block of queries per pass, so several passes each stream several database blocks
+# memory of about a byte: one store block of queries per pass, so several passes each stream several database blocks
 @pytest.mark.parametrize("backend", ["faiss-cpu", "torch-cpu"])
-@pytest.mark.parametrize("memory_bytes", [0, 1 << 30])
+@pytest.mark.parametrize("memory_gb", [1e-9, 1.0])
 @pytest.mark.parametrize("view", ["image", "mean"])
-def test_streamed_search_equals_flat(tmp_path: Path, random_store: Path, backend: str, memory_bytes: int, view: str) -> None:  # noqa: F811
+def test_streamed_search_equals_flat(tmp_path: Path, random_store: Path, backend: str, memory_gb: float, view: str) -> None:
     flat_neighbours, flat_similarities = index_and_search(random_store, tmp_path, k=10, view=view)
     neighbours, similarities = streamed_search(
-        random_store, tmp_path, k=10, view=view, backend=backend, memory_bytes=memory_bytes, block_size=50
+        random_store, tmp_path, k=10, view=view, backend=backend, memory_gb=memory_gb, rows_per_search=50
     )
     np.testing.assert_array_equal(neighbours, flat_neighbours)
     np.testing.assert_allclose(similarities, flat_similarities, rtol=0, atol=1e-5)
@@ -39,8 +42,8 @@ def test_streamed_search_equals_flat(tmp_path: Path, random_store: Path, backend
     assert not np.isin(neighbours, skipped).any()
 
 
-def test_streamed_search_writes_a_vectorless_index_with_its_sidecar(tmp_path: Path, random_store: Path) -> None:  # noqa: F811
-    streamed_search(random_store, tmp_path, k=5, backend="faiss-cpu", block_size=64)
+def test_streamed_search_writes_a_vectorless_index_with_its_sidecar(tmp_path: Path, random_store: Path) -> None:
+    streamed_search(random_store, tmp_path, k=5, backend="faiss-cpu", rows_per_search=64)
     with EmbeddingStore(random_store) as store, pytest.raises(FacekdError, match="holds 0 vectors"):
         load_index(tmp_path / "none.faiss", store)
     with h5py.File(tmp_path / "streamed.h5", "r") as knn:
@@ -82,11 +85,11 @@ def test_cuda_without_any_gpu_is_refused() -> None:
         choose_backend("cuda", False, False, 33)
 
 
-def test_cli_streams_the_exact_search_beyond_the_memory_budget(tmp_path: Path, mined: Path) -> None:  # noqa: F811
+def test_cli_streams_the_exact_search_beyond_the_memory_budget(tmp_path: Path, mined: Path) -> None:
     """The same kNN file content as the Flat index of the `mined` fixture, which includes a duplicate image (ties)."""
     store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
-    params = _params(tmp_path, store, memory_gb=1e-6)
-    output = _run("index", "--params", str(params), "--quiet")
+    params = index_mine_params(tmp_path, store, memory_gb=1e-6)
+    output = run_cli("index", "--params", str(params), "--quiet")
     assert "holds no vectors (a Flat index of 0.0 GB exceeds index.memory_gb)" in output
     assert re.search(r"10 nearest neighbours of 43 images, exact search streamed from the store on (faiss|torch)", output)
     flat_knn = Path(yaml.safe_load(mined.read_text())["index"]["knn"])
@@ -96,4 +99,4 @@ def test_cli_streams_the_exact_search_beyond_the_memory_budget(tmp_path: Path, m
         for row, column in zip(*np.nonzero(streamed.neighbours[:] != flat.neighbours[:])):
             # ids may differ only among equal scores (the duplicate image and its copy)
             assert np.sum(np.abs(similarities[row] - similarities[row, column]) < 1e-6) >= 2
-    _run("mine", "--params", str(params), "--quiet")  # mining reads the streamed kNN file
+    run_cli("mine", "--params", str(params), "--quiet")  # mining reads the streamed kNN file

@@ -28,13 +28,14 @@ from torch import nn
 
 from pipeline.checksums import file_checksum
 from pipeline.data.image_folder import ImageFolderDataset
-from pipeline.stage_one.embed import TeacherConfig, embed_dataset
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer
 from pipeline.stage_one.index import build_index, load_index, metadata_path, search_knn
-from pipeline.stage_one.mining import PairTable, mine_pairs
+from pipeline.stage_one.miners import mine_pairs
+from pipeline.stage_one.pair_table import PairTable
 from pipeline.stage_one.store import EmbeddingStore, StoreWriter, journal_path, partial_path
-from tests.conftest import TinyFaceNet, export_tiny_onnx, write_face_folder
+from tests.stage_one.stores import embed_here, index_config, mine_config
+from tests.tiny_faces import TinyFaceNet, export_tiny_onnx, write_face_folder
 
 REPO = Path(__file__).parents[2]
 BLOCK_SIZE = 4
@@ -46,7 +47,8 @@ SLOW_EMBED = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from pipeline.data.image_folder import ImageFolderDataset
-    from pipeline.stage_one.embed import TeacherConfig, embed_dataset
+    from pipeline.stage_one.config import EmbedConfig
+    from pipeline.stage_one.embed import embed_dataset
 
     class SlowFolder(ImageFolderDataset):
         def load(self, index):
@@ -58,7 +60,8 @@ SLOW_EMBED = textwrap.dedent(
     if __name__ == "__main__":
         folder, teacher, store, BLOCK_SIZE, DELAY, GATE = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
         GATE = Path(GATE) if GATE else None
-        embed_dataset(SlowFolder(folder), TeacherConfig(teacher), store, block_size=BLOCK_SIZE, workers=0, progress=False)
+        config = EmbedConfig(teacher=teacher, store=store, workers=0, images_per_block=BLOCK_SIZE)
+        embed_dataset(SlowFolder(folder), config, dataset_root="", scheduler=None, progress=False)
     """
 )
 
@@ -130,18 +133,18 @@ def write_params(path: Path, faces: Path, teacher: Path, out: Path, **embed_chan
     embed_section = {
         "dataset": str(faces), "dataset_format": "auto", "teacher": str(teacher),
         "preprocessing": {"channel_order": "rgb", "mean": 127.5, "std": 127.5}, "resize": False, "device": "cpu",
-        "workers": 0, "threads_per_worker": 1, "block_size": BLOCK_SIZE, "batch_size": 32, "on_corrupt": "error",
+        "workers": 0, "threads_per_worker": 1, "images_per_block": BLOCK_SIZE, "batch_size": 32, "on_corrupt": "error",
         "dtype": "float16", "store": str(out / "store.h5"),
     }
     embed_section.update(embed_changes)
     index_section = {
         "store": str(out / "store.h5"), "out": str(out / "index.faiss"), "knn": str(out / "knn.h5"), "view": "image",
-        "factory": "Flat", "train_sample": 1000, "nprobe": 4, "ef_search": 16, "knn_k": 5, "block_size": 16,
+        "factory": "Flat", "train_sample": 1000, "nprobe": 4, "ef_search": 16, "knn_k": 5, "rows_per_search": 16,
         "threads": 1, "device": "cpu", "seed": 0,
     }
     mine_section = {
         "store": str(out / "store.h5"), "knn": str(out / "knn.h5"), "hard_negatives_per_anchor": 3,
-        "hard_positives_per_anchor": 2, "suspicious_threshold": 0.7, "histogram_bins": 10, "block_size": 16,
+        "hard_positives_per_anchor": 2, "suspicious_threshold": 0.7, "histogram_bins": 10, "rows_per_block": 16,
         "out": str(out / "pairs.h5"), "summary": str(out / "summary.json"), "histogram": str(out / "histogram.csv"),
         "suspicious": str(out / "suspicious.csv"),
     }
@@ -174,7 +177,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, faces: Path, teacher: Pa
 def reference_in_process(tmp_path_factory: pytest.TempPathFactory, faces: Path, teacher: Path) -> Path:
     """The uninterrupted store as `embed_dataset` (and the killable script) writes it: no dataset_root attribute."""
     path = tmp_path_factory.mktemp("reference_in_process") / "store.h5"
-    embed_dataset(ImageFolderDataset(faces), TeacherConfig(str(teacher)), path, block_size=BLOCK_SIZE, workers=0, progress=False)
+    embed_here(ImageFolderDataset(faces), str(teacher), path, images_per_block=BLOCK_SIZE)
     return path
 
 
@@ -334,10 +337,8 @@ def test_second_embed_on_one_store_is_refused_with_the_first_ones_pid(
     tmp_path: Path, faces: Path, teacher: Path, reference_in_process: Path
 ) -> None:
     store = tmp_path / "store.h5"
-    embed_dataset(  # a published store of other settings: readers keep reading it during the rewrite
-        ImageFolderDataset(faces), TeacherConfig(str(teacher)), store, block_size=BLOCK_SIZE, workers=0,
-        embedding_dtype="float32", progress=False,
-    )
+    # a published store of other settings: readers keep reading it during the rewrite
+    embed_here(ImageFolderDataset(faces), teacher, store, images_per_block=BLOCK_SIZE, dtype="float32")
     gate = tmp_path / "gate"
     first = slow_embed(tmp_path, faces, teacher, store, delay=0.0, gate=gate)
     wait_for_blocks(first, journal_path(store), 2)
@@ -420,7 +421,7 @@ def handmade_store(path: Path, poison: dict[int, float]) -> Path:
     """12 images of 3 identities, unit-ish embeddings; rows in `poison` set to that value (NaN, inf)."""
     labels = np.repeat(np.arange(3), 4)
     keys = [f"id{label}/{row:02d}.jpg" for row, label in enumerate(labels)]
-    writer = StoreWriter(path, PROVENANCE, labels, keys, ["id0", "id1", "id2"], embedding_dim=8, block_size=4)
+    writer = StoreWriter(path, PROVENANCE, labels, keys, ["id0", "id1", "id2"], embedding_dim=8, block_size=4, embedding_dtype="float16")
     embeddings = np.random.default_rng(0).normal(size=(12, 2, 8)).astype(np.float32)
     for row, value in poison.items():
         embeddings[row, 0, 3] = value
@@ -438,13 +439,14 @@ def test_index_and_mine_refuse_non_finite_rows_naming_them(tmp_path: Path, value
     poisoned = handmade_store(tmp_path / "poisoned.h5", {2: value, 9: value})
     message = r"poisoned\.h5: 2 images have non-finite \(NaN or infinite\) embeddings: id0/02\.jpg, id2/09\.jpg"
     with EmbeddingStore(poisoned) as store, pytest.raises(FacekdError, match=message):
-        build_index(store, tmp_path / "index.faiss", progress=False)
+        build_index(store, index_config(tmp_path), progress=False)
     assert not (tmp_path / "index.faiss").exists()
     with EmbeddingStore(clean) as store:  # same provenance: the kNN file would be accepted for the poisoned store
-        build_index(store, tmp_path / "index.faiss", progress=False)
-        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=3, device="cpu", progress=False)
+        config = index_config(tmp_path, knn_k=3, device="cpu")
+        build_index(store, config, progress=False)
+        search_knn(store, config, progress=False)
     with EmbeddingStore(poisoned) as store, pytest.raises(FacekdError, match=message):
-        mine_pairs(store, tmp_path / "knn.h5", tmp_path / "pairs.h5", hard_negatives_per_anchor=2, progress=False)
+        mine_pairs(store, mine_config(tmp_path, hard_negatives_per_anchor=2), progress=False)
     assert not (tmp_path / "pairs.h5").exists()
 
 
@@ -484,12 +486,12 @@ def test_damaged_store_is_caught_by_verify_and_embedded_again(
 def test_damaged_block_of_a_partial_store_is_embedded_again(tmp_path: Path) -> None:
     store = tmp_path / "store.h5"
     labels, keys = np.zeros(8, np.int64), [f"id0/{row}.jpg" for row in range(8)]
-    writer = StoreWriter(store, PROVENANCE, labels, keys, ["id0"], embedding_dim=4, block_size=4)
+    writer = StoreWriter(store, PROVENANCE, labels, keys, ["id0"], embedding_dim=4, block_size=4, embedding_dtype="float16")
     for block in range(2):
         writer.write_block(block, np.ones((4, 2, 4), np.float16), np.ones((4, 2), np.float32), np.zeros(4, np.uint8))
     writer.close()  # a crash before publication: both blocks are in the journal
     flip_bytes(partial_path(store), chunk_offset(partial_path(store), "embeddings", 4))
-    resumed = StoreWriter(store, PROVENANCE, labels, keys, ["id0"], embedding_dim=4, block_size=4)
+    resumed = StoreWriter(store, PROVENANCE, labels, keys, ["id0"], embedding_dim=4, block_size=4, embedding_dtype="float16")
     assert resumed.resumed_blocks == {0} and resumed.pending_blocks == [1]
     resumed.close()
 
@@ -549,7 +551,7 @@ def many_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_image_blocks(tmp_path_factory: pytest.TempPathFactory, many_faces: Path, teacher: Path) -> Path:
     """The uninterrupted store of `many_faces` with one image per block (enough blocks to interrupt a run)."""
     out = tmp_path_factory.mktemp("one_image_blocks")
-    params = write_params(out / "params.yaml", many_faces, teacher, out, block_size=1)
+    params = write_params(out / "params.yaml", many_faces, teacher, out, images_per_block=1)
     assert facekd("embed", "--params", str(params), "--quiet").returncode == 0
     return out / "store.h5"
 
@@ -557,7 +559,7 @@ def one_image_blocks(tmp_path_factory: pytest.TempPathFactory, many_faces: Path,
 def test_ctrl_c_on_dask_embed_is_one_line_and_resumes_to_identical_bytes(
     tmp_path: Path, many_faces: Path, teacher: Path, one_image_blocks: Path
 ) -> None:
-    params = write_params(tmp_path / "params.yaml", many_faces, teacher, tmp_path, workers=2, block_size=1)
+    params = write_params(tmp_path / "params.yaml", many_faces, teacher, tmp_path, workers=2, images_per_block=1)
     store = tmp_path / "store.h5"
     process = subprocess.Popen(  # its own process group, which a terminal's Ctrl-C reaches as a whole
         [sys.executable, "-m", "stages.cli", "embed", "--params", str(params), "--quiet"], cwd=REPO,
@@ -598,6 +600,6 @@ def test_kill_9_at_a_random_point_then_rerun_gives_identical_bytes(
     time.sleep(rng.uniform(0, 0.08))  # anywhere within a block, its journal line or the publication
     process.send_signal(signal.SIGKILL)
     process.wait()
-    embed_dataset(ImageFolderDataset(faces), TeacherConfig(str(teacher)), store, block_size=BLOCK_SIZE, workers=0, progress=False)
+    embed_here(ImageFolderDataset(faces), str(teacher), store, images_per_block=BLOCK_SIZE)
     assert store.read_bytes() == reference_in_process.read_bytes()
     assert leftovers(tmp_path) == []

@@ -7,49 +7,12 @@ import pytest
 
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.stage_one.index import (
-    GPU_MAX_K, KnnFile, build_index, faiss_has_gpu, load_index, metadata_path, recall_at_k, search_device, search_knn,
-    unit_vectors,
+    GPU_MAX_K, build_index, faiss_has_gpu, load_index, metadata_path, recall_at_k, search_device, search_knn,
 )
-from pipeline.stage_one.store import EmbeddingStore, StoreWriter, provenance_hash, read_rows
-
-
-def write_store(
-    path: Path,
-    image_view: np.ndarray,
-    labels: np.ndarray,
-    *,
-    flip_view: np.ndarray | None = None,
-    skipped: np.ndarray | None = None,
-    teacher: str = "a",
-    block_size: int = 64,
-) -> Path:
-    """A store with hand-built embeddings; the flip view defaults to a copy of the image view."""
-    num_images, dim = image_view.shape
-    flip_view = image_view if flip_view is None else flip_view
-    skipped = np.zeros(num_images, bool) if skipped is None else skipped
-    embeddings = np.stack([image_view, flip_view], axis=1).astype(np.float32)
-    embeddings[skipped] = 0
-    provenance = {"teacher_sha256": teacher * 64, "dataset_kind": "image_folder", "dataset_fingerprint": "f" * 64}
-    names = [f"id{label}" for label in range(int(labels.max()) + 1)]
-    keys = [f"id{label}/{row:04d}.jpg" for row, label in enumerate(labels)]
-    writer = StoreWriter(path, provenance, labels, keys, names, dim, block_size)
-    for block in writer.pending_blocks:
-        start, stop = writer.layout.bounds(block)
-        block_embeddings = embeddings[start:stop]
-        writer.write_block(
-            block, block_embeddings.astype(np.float16), np.linalg.norm(block_embeddings, axis=2),
-            skipped[start:stop].astype(np.uint8),
-        )
-    return writer.finalize()
-
-
-def clustered_vectors(num_clusters: int, per_cluster: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Identities as clusters on the sphere, like face embeddings."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_clusters, dim))
-    labels = np.repeat(np.arange(num_clusters), per_cluster)
-    vectors = centres[labels] / np.sqrt(dim) + spread * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
-    return vectors.astype(np.float32), labels
+from pipeline.stage_one.knn_file import KnnFile
+from pipeline.stage_one.store_views import unit_vectors
+from pipeline.stage_one.store import EmbeddingStore, provenance_hash, read_rows
+from tests.stage_one.stores import clustered_vectors, index_and_search, index_config, write_store
 
 
 def brute_force_knn(store_path: Path, k: int, view: str = "image") -> tuple[np.ndarray, np.ndarray]:
@@ -63,25 +26,6 @@ def brute_force_knn(store_path: Path, k: int, view: str = "image") -> tuple[np.n
     neighbours = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
     neighbours[~usable] = -1
     return neighbours, np.take_along_axis(similarities, np.maximum(neighbours, 0), axis=1)
-
-
-def index_and_search(store_path: Path, tmp_path: Path, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
-    search_options = {name: options.pop(name) for name in ("nprobe", "ef_search", "device") if name in options}
-    with EmbeddingStore(store_path) as store:
-        build_index(store, tmp_path / "index.faiss", block_size=50, progress=False, **options)
-        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=k, block_size=50, progress=False, **search_options)
-        with KnnFile(tmp_path / "knn.h5", store) as knn:
-            return knn.neighbours[:], knn.similarities[:]
-
-
-@pytest.fixture
-def random_store(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 20, 300)
-    skipped = np.zeros(300, bool)
-    skipped[[3, 64, 65, 299]] = True
-    return write_store(tmp_path / "store.h5", rng.normal(size=(300, 16)), labels,
-                       flip_view=rng.normal(size=(300, 16)), skipped=skipped)
 
 
 @pytest.mark.parametrize("view", ["image", "mean"])
@@ -134,8 +78,9 @@ def test_index_from_another_store_is_refused(tmp_path: Path) -> None:
     first = write_store(tmp_path / "first.h5", vectors, labels, teacher="a")
     second = write_store(tmp_path / "second.h5", vectors, labels, teacher="b")
     with EmbeddingStore(first) as store:
-        build_index(store, tmp_path / "index.faiss", progress=False)
-        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=4, progress=False)
+        config = index_config(tmp_path, knn_k=4)
+        build_index(store, config, progress=False)
+        search_knn(store, config, progress=False)
         first_hash = store.provenance_hash
     with EmbeddingStore(second) as store:
         second_hash = store.provenance_hash
@@ -164,7 +109,7 @@ def test_provenance_hash_covers_identity_fields_only() -> None:
 
 def test_index_file_and_metadata_record_the_store(tmp_path: Path, random_store: Path) -> None:
     with EmbeddingStore(random_store) as store:
-        metadata = build_index(store, tmp_path / "index.faiss", factory="IVF4,Flat", train_sample=100, seed=5, progress=False)
+        metadata = build_index(store, index_config(tmp_path, factory="IVF4,Flat", train_sample=100, seed=5), progress=False)
         assert metadata.store_provenance_hash == store.provenance_hash
         assert (metadata.factory, metadata.ntotal, metadata.train_sample, metadata.seed) == ("IVF4,Flat", 296, 100, 5)
         index, loaded = load_index(tmp_path / "index.faiss", store)
@@ -219,12 +164,12 @@ def test_cuda_without_gpu_is_refused(tmp_path: Path, random_store: Path) -> None
     [
         ({"factory": "NoSuchIndex7"}, r"index factory 'NoSuchIndex7' is not a valid faiss\.index_factory string"),
         ({"factory": "IVF1024,Flat", "train_sample": 500}, r"'IVF1024,Flat': training on 296 vectors failed"),
-        ({"view": "left"}, r"view is 'left'; expected one of image, mean"),
+        ({"view": "left"}, r"view: 'left' — expected 'image' or 'mean'"),
     ],
 )
 def test_bad_index_settings_are_explained(tmp_path: Path, random_store: Path, options: dict, message: str) -> None:
     with EmbeddingStore(random_store) as store, pytest.raises(FacekdError, match=message):
-        build_index(store, tmp_path / "index.faiss", progress=False, **options)
+        build_index(store, index_config(tmp_path, **options), progress=False)
     assert not (tmp_path / "index.faiss").exists()
 
 

@@ -6,24 +6,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.stage_one.mining as mining
+import pipeline.stage_one.miners as miners
 from pipeline.data.image_folder import ImageFolderDataset
-from pipeline.stage_one.embed import TeacherConfig, embed_dataset
 from pipeline.errors import FacekdError, ProvenanceMismatchError
-from pipeline.stage_one.index import build_index, search_knn, unit_vectors
-from pipeline.stage_one.mining import (
-    HARD_NEGATIVE, HARD_POSITIVE, PairTable, SimilarityDistribution, hardest_pairs, lowest_similarities, mine_pairs,
-    suspicious_pairs, write_histogram_csv, write_summary_json,
-)
+from pipeline.stage_one.index import build_index, search_knn
+from pipeline.stage_one.miners import lowest_similarities, mine_pairs
+from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
+from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pairs
+from pipeline.stage_one.pair_table import HARD_NEGATIVE, HARD_POSITIVE, PairTable
+from pipeline.stage_one.store_views import unit_vectors
 from pipeline.stage_one.store import EmbeddingStore
-from tests.stage_one.test_index import clustered_vectors, write_store
+from tests.stage_one.stores import clustered_vectors, embed_here, index_config, mine_config, write_store
 
 
-def index_and_mine(store_path: Path, tmp_path: Path, k: int, name: str = "pairs.h5", **options) -> mining.MiningSummary:
+def index_and_mine(store_path: Path, tmp_path: Path, k: int, name: str = "pairs.h5", **options) -> MiningSummary:
     with EmbeddingStore(store_path) as store:
-        build_index(store, tmp_path / "index.faiss", block_size=16, progress=False)
-        search_knn(store, tmp_path / "index.faiss", tmp_path / "knn.h5", k=k, block_size=16, progress=False)
-        return mine_pairs(store, tmp_path / "knn.h5", tmp_path / name, block_size=16, progress=False, **options)
+        config = index_config(tmp_path, knn_k=k, rows_per_search=16)
+        build_index(store, config, progress=False)
+        search_knn(store, config, progress=False)
+        return mine_pairs(store, mine_config(tmp_path, name, rows_per_block=16, **options), progress=False)
 
 
 def brute_force_pairs(store_path: Path, k: int, negatives: int, positives: int) -> dict[int, list[tuple[int, int]]]:
@@ -68,7 +69,7 @@ def interleaved_store(tmp_path: Path, uneven_store: Path) -> Path:
 @pytest.fixture(scope="module")
 def teacher_store(tmp_path_factory, face_folder: Path, tiny_teacher: Path) -> Path:
     path = tmp_path_factory.mktemp("teacher_store") / "store.h5"
-    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), path, block_size=16, workers=0, progress=False)
+    embed_here(ImageFolderDataset(face_folder), str(tiny_teacher), path, images_per_block=16)
     return path
 
 
@@ -112,7 +113,7 @@ def test_lowest_similarities_is_the_same_in_small_blocks(monkeypatch: pytest.Mon
     rng = np.random.default_rng(1)
     vectors = unit_vectors(rng.normal(size=(23, 2, 8)), "image")
     whole_positions, whole_similarities = lowest_similarities(vectors, 5)
-    monkeypatch.setattr(mining, "SIMILARITY_BUDGET", 50)  # two rows of the 23 x 23 matrix at a time
+    monkeypatch.setattr(miners, "SIMILARITY_BUDGET", 50)  # two rows of the 23 x 23 matrix at a time
     positions, similarities = lowest_similarities(vectors, 5)
     np.testing.assert_array_equal(positions, whole_positions)
     np.testing.assert_allclose(similarities, whole_similarities, atol=1e-6)  # BLAS blocking changes the last bit
@@ -229,7 +230,7 @@ def test_mining_refuses_a_knn_file_of_another_store(tmp_path: Path, uneven_store
     other = write_store(tmp_path / "other.h5", vectors, labels, teacher="b")
     with EmbeddingStore(other) as store:
         with pytest.raises(ProvenanceMismatchError, match=r"knn\.h5 was built from a store with provenance hash"):
-            mine_pairs(store, tmp_path / "knn.h5", tmp_path / "other_pairs.h5", progress=False)
+            mine_pairs(store, mine_config(tmp_path, "other_pairs.h5"), progress=False)
         with PairTable(tmp_path / "pairs.h5") as table, pytest.raises(ProvenanceMismatchError, match=r"pairs\.h5"):
             table.check_store(store)
     assert not (tmp_path / "other_pairs.h5").exists()

@@ -2,7 +2,6 @@
 import csv
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,73 +13,12 @@ from PIL import Image
 from pipeline.stage_one.contact_sheet import CAPTION_LINES, LINE_HEIGHT, PADDING, cell_origin, thumbnail
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.stage_one.index import faiss_has_gpu
-from pipeline.stage_one.mining import HARD_NEGATIVE, HARD_POSITIVE, PairTable, describe_pairs, hardest_pairs, suspicious_pairs
-from pipeline.stage_one.store import EmbeddingStore, StoreWriter
+from pipeline.stage_one.pair_queries import describe_pairs, hardest_pairs, suspicious_pairs
+from pipeline.stage_one.pair_table import HARD_NEGATIVE, HARD_POSITIVE, PairTable
+from pipeline.stage_one.store import EmbeddingStore
 from stages.cli import cli
-from tests.conftest import write_face_folder
-
-WIDE = {"COLUMNS": "250"}  # rich would fold long keys at the default 80 columns
-DUPLICATE_KEY = "person04/copy_of_person01_003.jpg"
-
-
-def _params(tmp_path: Path, store: Path, **index_changes) -> Path:
-    index_section = {
-        "store": str(store), "out": str(tmp_path / "index" / "teacher.faiss"), "knn": str(tmp_path / "index" / "knn.h5"),
-        "view": "image", "factory": "Flat", "train_sample": 1000, "nprobe": 4, "ef_search": 32, "knn_k": 10,
-        "block_size": 16, "threads": 1, "device": "auto", "seed": 0,
-    }
-    index_section.update(index_changes)
-    mine_section = {
-        "store": str(store), "knn": index_section["knn"], "hard_negatives_per_anchor": 4, "hard_positives_per_anchor": 3,
-        "suspicious_threshold": 0.7, "histogram_bins": 10, "block_size": 16,
-        "out": str(tmp_path / "pairs" / "pairs.h5"), "summary": str(tmp_path / "pairs" / "mining_summary.json"),
-        "histogram": str(tmp_path / "pairs" / "similarity_histogram.csv"),
-        "suspicious": str(tmp_path / "pairs" / "suspicious_pairs.csv"),
-    }
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"index": index_section, "mine": mine_section}))
-    return path
-
-
-def write_projection_store(path: Path, faces: Path, teacher: str = "p") -> Path:
-    """A store whose "teacher" is a fixed random projection of each image's 8 x 8 colour pattern.
-
-    Face-like geometry (same identity ~0.99, different identities < 0.5) at no model cost; the
-    ONNX-teacher store is covered in test_mining.py.
-    """
-    dataset = ImageFolderDataset(faces)
-    images = np.stack([dataset.load(row) for row in range(len(dataset))]).astype(np.float32) - 127.5
-    views = np.stack([images, images[:, :, ::-1]], axis=1)
-    patterns = views.reshape(len(dataset), 2, 8, 4, 8, 4, 3).mean(axis=(3, 5)).reshape(len(dataset), 2, -1)
-    embeddings = (patterns @ np.random.default_rng(0).normal(size=(patterns.shape[2], 16))).astype(np.float32)
-    provenance = {"teacher_sha256": teacher * 64, "dataset_kind": dataset.kind, "dataset_fingerprint": dataset.fingerprint(),
-                  "dataset_root": str(faces)}
-    writer = StoreWriter(path, provenance, dataset.labels, dataset.keys, dataset.identity_names, 16, block_size=16)
-    for block in writer.pending_blocks:
-        start, stop = writer.layout.bounds(block)
-        writer.write_block(block, embeddings[start:stop].astype(np.float16), np.linalg.norm(embeddings[start:stop], axis=2),
-                           np.zeros(stop - start, np.uint8))
-    return writer.finalize()
-
-
-@pytest.fixture(scope="module")
-def mined(tmp_path_factory) -> Path:
-    """Six identities; one image of person01 is also filed under person04 (label noise)."""
-    root = tmp_path_factory.mktemp("mined")
-    faces = write_face_folder(root / "faces", identities=6, images=7)
-    shutil.copy(faces / "person01" / "003.jpg", faces / DUPLICATE_KEY)
-    params = _params(root, write_projection_store(root / "store.h5", faces))
-    runner = CliRunner()
-    for command in ("index", "mine"):
-        result = runner.invoke(cli, [command, "--params", str(params), "--quiet"])
-        assert result.exit_code == 0, result.output
-    return params
-
-
-def _run(*arguments: str) -> str:
-    result = CliRunner(env=WIDE).invoke(cli, list(arguments))
-    assert result.exit_code == 0, result.output
-    return result.output
+from tests.stage_one.index_mine_cli import DUPLICATE_KEY, WIDE, index_mine_params, run_cli
+from tests.stage_one.stores import write_projection_store
 
 
 def _paths(params: Path) -> tuple[Path, Path]:
@@ -113,13 +51,13 @@ def test_index_and_mine_write_every_declared_output(mined: Path) -> None:
 
 def test_cli_reports_where_the_index_search_ran(tmp_path: Path, mined: Path) -> None:
     store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
-    output = _run("index", "--params", str(_params(tmp_path, store, factory="IVF4,Flat", knn_k=5)), "--quiet")
+    output = run_cli("index", "--params", str(index_mine_params(tmp_path, store, factory="IVF4,Flat", knn_k=5)), "--quiet")
     assert "IVF4,Flat index of 43 images (image view)" in output
     assert re.search(r"5 nearest neighbours of 43 images, searched on (cpu|cuda)", output)
 
 
 def test_pairs_top_overall_shows_the_duplicate_first(mined: Path) -> None:
-    output = _run("pairs", "top", "--params", str(mined), "--n", "3")
+    output = run_cli("pairs", "top", "--params", str(mined), "--n", "3")
     assert "hardest negative pairs (3)" in output
     first_row = next(line for line in output.splitlines() if re.match(r"\W*1\W", line))
     assert "person01/003.jpg" in first_row and DUPLICATE_KEY in first_row and "1.0000" in first_row
@@ -127,7 +65,7 @@ def test_pairs_top_overall_shows_the_duplicate_first(mined: Path) -> None:
 
 def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
     pairs_path, store_path = _paths(mined)
-    output = _run("pairs", "top", "--params", str(mined), "--kind", "positive", "--identity", "person02", "--n", "5")
+    output = run_cli("pairs", "top", "--params", str(mined), "--kind", "positive", "--identity", "person02", "--n", "5")
     with PairTable(pairs_path) as table, EmbeddingStore(store_path) as store:
         anchors = np.flatnonzero(store.labels == store.identity_names.index("person02"))
         expected = describe_pairs(hardest_pairs(table, HARD_POSITIVE, 5, anchors), store)
@@ -136,7 +74,7 @@ def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
         assert f"{record.similarity:.4f}" in output and record.anchor_key in output and record.partner_key in output
     assert "person02 (2)" in output and "person03" not in output
 
-    output = _run("pairs", "top", "--pairs", str(pairs_path), "--store", str(store_path), "--image", "person05/000.jpg",
+    output = run_cli("pairs", "top", "--pairs", str(pairs_path), "--store", str(store_path), "--image", "person05/000.jpg",
                   "--paths")
     table_rows = [line for line in output.splitlines() if re.match(r"\W*\d+\W", line)]
     assert len(table_rows) == 4 and all("person05/000.jpg" in line for line in table_rows)
@@ -146,7 +84,7 @@ def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
 def test_pairs_sheet_is_a_png_showing_the_pairs(tmp_path: Path, mined: Path) -> None:
     pairs_path, store_path = _paths(mined)
     out = tmp_path / "sheet.png"
-    output = _run("pairs", "sheet", "--params", str(mined), "--out", str(out), "--n", "5", "--columns", "2", "--tile", "48")
+    output = run_cli("pairs", "sheet", "--params", str(mined), "--out", str(out), "--n", "5", "--columns", "2", "--tile", "48")
     assert "5 negative pairs" in output
     with PairTable(pairs_path) as table, EmbeddingStore(store_path) as store:
         records = describe_pairs(hardest_pairs(table, HARD_NEGATIVE, 5), store)
@@ -169,14 +107,14 @@ def test_pairs_sheet_is_a_png_showing_the_pairs(tmp_path: Path, mined: Path) -> 
 
 def test_pairs_suspicious_lists_label_noise(tmp_path: Path, mined: Path) -> None:
     pairs_path, store_path = _paths(mined)
-    output = _run("pairs", "suspicious", "--params", str(mined))
+    output = run_cli("pairs", "suspicious", "--params", str(mined))
     assert "7 suspicious pairs: different identities, teacher similarity >= 0.7" in output
     assert re.search(r"person01 \(1\)\W+person04 \(4\)\W+7\W+1\.0000", output), output
     with PairTable(pairs_path) as table:
         threshold = float(np.median(table.read(np.arange(len(table))).similarity))
         expected = suspicious_pairs(table, threshold)
     csv_path = tmp_path / "all.csv"
-    output = _run("pairs", "suspicious", "--params", str(mined), "--threshold", str(threshold), "--csv", str(csv_path))
+    output = run_cli("pairs", "suspicious", "--params", str(mined), "--threshold", str(threshold), "--csv", str(csv_path))
     assert f"{len(expected)} suspicious pairs" in output and len(expected) > 1
     with open(csv_path) as written:
         rows = list(csv.DictReader(written))
@@ -209,5 +147,5 @@ def test_pairs_refuse_a_store_the_table_was_not_mined_from(tmp_path: Path, mined
 @pytest.mark.skipif(faiss_has_gpu(), reason="checks the refusal on a machine without a GPU")
 def test_index_on_cuda_without_gpu_is_refused(tmp_path: Path, mined: Path) -> None:
     store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
-    result = CliRunner().invoke(cli, ["index", "--params", str(_params(tmp_path, store, device="cuda")), "--quiet"])
+    result = CliRunner().invoke(cli, ["index", "--params", str(index_mine_params(tmp_path, store, device="cuda")), "--quiet"])
     assert result.exit_code == 1 and "device is 'cuda' but FAISS has no GPU support" in result.output

@@ -27,7 +27,7 @@ def _block(writer: StoreWriter, block: int, dim: int = 4) -> tuple[np.ndarray, n
 
 
 def _writer(path: Path, provenance: dict = PROVENANCE) -> StoreWriter:
-    return StoreWriter(path, provenance, LABELS, KEYS, ["id0", "id1", "id2"], embedding_dim=4, block_size=3)
+    return StoreWriter(path, provenance, LABELS, KEYS, ["id0", "id1", "id2"], embedding_dim=4, block_size=3, embedding_dtype="float16")
 
 
 def _write_all(path: Path, order: list[int]) -> None:
@@ -138,7 +138,7 @@ def test_bad_dtype_and_block_size(tmp_path: Path) -> None:
     with pytest.raises(FacekdError, match="embedding dtype is 'int8'; expected one of float16, float32"):
         StoreWriter(tmp_path / "s.h5", PROVENANCE, LABELS, KEYS, ["a"], 4, 3, "int8")
     with pytest.raises(FacekdError, match="block size is 0"):
-        StoreWriter(tmp_path / "s.h5", PROVENANCE, LABELS, KEYS, ["a"], 4, 0)
+        StoreWriter(tmp_path / "s.h5", PROVENANCE, LABELS, KEYS, ["a"], 4, 0, "float16")
 
 
 def test_partial_store_of_another_block_size_is_not_resumed(tmp_path: Path) -> None:
@@ -146,6 +146,6 @@ def test_partial_store_of_another_block_size_is_not_resumed(tmp_path: Path) -> N
     writer = _writer(path)
     writer.write_block(0, *_block(writer, 0))
     writer.close()
-    other = StoreWriter(path, PROVENANCE, LABELS, KEYS, ["id0", "id1", "id2"], embedding_dim=4, block_size=4)
+    other = StoreWriter(path, PROVENANCE, LABELS, KEYS, ["id0", "id1", "id2"], embedding_dim=4, block_size=4, embedding_dtype="float16")
     assert other.resumed_blocks == set() and other.pending_blocks == [0, 1, 2]
     other.close()

@@ -16,8 +16,8 @@ from pipeline.stage_two.compile_guard import (
 from pipeline.stage_two.models import build_backbone
 from pipeline.stage_two.models.export import check_onnx_matches
 from pipeline.stage_two.train import CHECKPOINT, MODEL
-from tests.conftest import TINY_SIZE
-from tests.test_dvc_pipeline import tiny_params
+from tests.dvc_project import tiny_params
+from tests.tiny_faces import TINY_SIZE
 
 FACEKD = str(Path(sys.executable).parent / "facekd")
 SPEC = ProbeSpec("iresnet18", 16, 0.125, 32, 8, "cpu", 1)

@@ -11,7 +11,6 @@ import os
 import shutil
 import struct
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -25,12 +24,13 @@ from pipeline.stage_two.checkpoint import FORMAT, read_checkpoint
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.errors import FacekdError
 from pipeline.face_model import OnnxFaceModel
-from pipeline.stage_two.train import CHECKPOINT, MODEL, OptimConfig, non_finite_loss_message, train
+from pipeline.stage_two.config import OptimConfig
+from pipeline.stage_two.train import CHECKPOINT, MODEL, non_finite_loss_message, train
 from pipeline.stage_two.training_data import TeacherTargets
 from stages.cli import cli
-from tests.stage_two.test_train import TINY_STUDENT, _student_params, tiny_store  # noqa: F401 (tiny_store: a fixture)
+from tests.stage_two.students import TINY_STUDENT, student_params
 
-ONE_EPOCH = replace(TINY_STUDENT, epochs=1)
+ONE_EPOCH = TINY_STUDENT.model_copy(update={"epochs": 1})
 
 
 class Hostile:
@@ -112,7 +112,7 @@ def test_store_with_nan_rows_is_refused_naming_them(tmp_path: Path, face_folder:
         h5file["embeddings"][5, 0, 0] = np.nan
         h5file["skipped"][5] = 1  # a skipped row is never trained on: not reported
         keys = [key.decode() for key in h5file["keys"][:]]
-    params = _student_params(tmp_path, face_folder, store)
+    params = student_params(tmp_path, face_folder, store)
     result = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{store}: 2 images have non-finite (NaN or infinite) embeddings: {keys[3]}, {keys[7]};" in result.output
@@ -125,7 +125,7 @@ def test_blow_up_on_the_last_step_publishes_nothing_and_a_sane_rerun_succeeds(
 ) -> None:
     """One step of batch 40 (42 images): the run's last optimizer step makes the weights' norm overflow."""
     absurd = {"epochs": 1, "batch_size": 40, "optim": {"lr": 1e36, "warmup_epochs": 0}}
-    params = _student_params(tmp_path, face_folder, tiny_store, **absurd)
+    params = student_params(tmp_path, face_folder, tiny_store, **absurd)
     out = tmp_path / "students" / "ddp"
     failed = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp", "--quiet"])
     assert failed.exit_code == 1 and "Traceback" not in failed.output
@@ -156,7 +156,7 @@ def test_non_finite_loss_from_bad_targets_names_them_not_the_learning_rate(face_
 
 @pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0])
 def test_learning_rate_must_be_positive_and_finite(lr: float) -> None:
-    with pytest.raises(FacekdError, match=f"learning rate is {lr}; expected a positive finite number"):
+    with pytest.raises(FacekdError, match=f"lr: {lr} — expected a positive finite number"):
         OptimConfig(lr=lr)
 
 

@@ -1,11 +1,8 @@
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from pipeline.errors import FacekdError
-from pipeline.stage_two.memory import MemoryBank, gather_from_all_ranks
+from pipeline.stage_two.memory import MemoryBank
 
 TEACHER_DIM, STUDENT_DIM = 4, 3
 
@@ -100,20 +97,3 @@ def test_state_dict_round_trip_restores_bank_and_queue_position():
         assert torch.equal(original, copy)
     assert torch.equal(bank.queue_index, restored.queue_index)
 
-
-def test_gather_is_identity_without_distributed():
-    rows = torch.randn(3, 2, requires_grad=True)
-    gathered = gather_from_all_ranks(rows)
-    assert torch.equal(gathered, rows) and not gathered.requires_grad
-
-
-def test_gather_runs_all_gather_path_in_a_one_rank_group():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        rows = torch.arange(6.0).reshape(3, 2)
-        assert torch.equal(gather_from_all_ranks(rows), rows)
-    finally:
-        dist.destroy_process_group()

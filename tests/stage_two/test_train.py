@@ -7,40 +7,28 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from pipeline.stage_two.checkpoint import read_checkpoint
 from pipeline.data.image_folder import ImageFolderDataset
-from pipeline.stage_two.distill import DistillationConfig
-from pipeline.stage_one.embed import TeacherConfig, embed_dataset
 from pipeline.errors import FacekdError
 from pipeline.stage_two.sampler import RandomBatchSampler
 from pipeline.face_model import OnnxFaceModel
-from pipeline.stage_two.train import CHECKPOINT, METRICS, MODEL, OptimConfig, TrainConfig, _hash_int64, learning_rate, train
+from pipeline.stage_two.schedule import learning_rate
+from pipeline.stage_two.config import OptimConfig, TrainConfig
+from pipeline.stage_two.train import CHECKPOINT, METRICS, MODEL, _hash_int64, train
 from pipeline.stage_two.training_data import TeacherTargets, decode_in_memory
-from tests.conftest import write_face_folder
+from tests.stage_one.stores import embed_here
+from tests.stage_two.students import TINY_STUDENT, student_params
+from tests.tiny_faces import write_face_folder
 
-# Scripts run in subprocesses import this module (tests.stage_two.test_train) from the repository root.
+# Scripts run in subprocesses import tests.stage_two.students from the repository root.
 REPO_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-TINY_STUDENT = TrainConfig(
-    backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=3, batch_size=8, seed=0, threads=1,
-    optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
-    distillation=DistillationConfig(iled=5.0, rpsd=10.0, rpsd_bank_size=16, rpsd_k_neg=4),
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory, face_folder: Path, tiny_teacher: Path) -> Path:
-    path = tmp_path_factory.mktemp("train") / "store.h5"
-    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), path, workers=0, progress=False)
-    return path
 
 
 def test_learning_rate_schedules() -> None:
@@ -73,7 +61,7 @@ def test_distillation_without_targets_is_refused(tmp_path: Path, face_folder: Pa
 
 
 def test_pairs_sampler_needs_the_pair_table(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
-    config = replace(TINY_STUDENT, sampler="pairs")
+    config = TINY_STUDENT.model_copy(update={"sampler": "pairs"})
     with pytest.raises(FacekdError, match="sampler 'pairs' needs the mined pair table"):
         train(config, ImageFolderDataset(face_folder), tmp_path, targets=TeacherTargets(tiny_store), progress=False)
 
@@ -84,7 +72,7 @@ KILLABLE_TRAIN = textwrap.dedent(
     from pipeline.data.image_folder import ImageFolderDataset
     from pipeline.stage_two.train import train
     from pipeline.stage_two.training_data import TeacherTargets
-    from tests.stage_two.test_train import TINY_STUDENT
+    from tests.stage_two.students import TINY_STUDENT
 
     class SlowFolder(ImageFolderDataset):
         def load(self, index):
@@ -132,16 +120,16 @@ def test_kill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
 
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
     dataset = ImageFolderDataset(face_folder)
-    one_epoch = replace(TINY_STUDENT, epochs=1)
+    one_epoch = TINY_STUDENT.model_copy(update={"epochs": 1})
     train(one_epoch, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False)
-    changed = replace(one_epoch, seed=1)
+    changed = one_epoch.model_copy(update={"seed": 1})
     assert train(changed, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False).resumed_from_epoch == 0
 
 
 def test_rerun_of_a_finished_run_rewrites_every_output(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
     """DVC removes a stage's outputs but keeps its persisted checkpoint before running it again."""
     dataset = ImageFolderDataset(face_folder)
-    one_epoch = replace(TINY_STUDENT, epochs=1)
+    one_epoch = TINY_STUDENT.model_copy(update={"epochs": 1})
     train(one_epoch, dataset, tmp_path, targets=TeacherTargets(tiny_store), progress=False)
     log = (tmp_path / "train_log.csv").read_text()
     for name in (MODEL, METRICS, "train_log.csv"):
@@ -152,21 +140,10 @@ def test_rerun_of_a_finished_run_rewrites_every_output(tmp_path: Path, face_fold
     assert (tmp_path / MODEL).is_file() and (tmp_path / METRICS).is_file()
 
 
-def _student_params(tmp_path: Path, face_folder: Path, store: Path, **student) -> Path:
-    """A params.yaml whose `train` section is TINY_STUDENT (what `facekd train` reads)."""
-    config = asdict(TINY_STUDENT)
-    config["optim"]["milestones"] = list(config["optim"]["milestones"])
-    train_section = {**config, "dataset": str(face_folder), "store": str(store), "pairs": "unused.h5",
-                     "out_root": str(tmp_path / "students")}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"train": train_section, "students": {"ddp": student}}))
-    return path
-
-
 def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, face_folder: Path, tiny_store: Path) -> None:
     """`torchrun --nproc_per_node=2 facekd train ...` as the README shows it (gloo on CPU)."""
     # 42 images, global batch 8: 5 steps, 40 samples an epoch; a bank of 40 holds exactly the last epoch.
-    params = _student_params(tmp_path, face_folder, tiny_store, epochs=2, distillation={"rpsd_bank_size": 40})
+    params = student_params(tmp_path, face_folder, tiny_store, epochs=2, distillation={"rpsd_bank_size": 40})
     bin_dir = Path(sys.executable).parent
     completed = subprocess.run(
         [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", str(bin_dir / "facekd"),
@@ -200,10 +177,10 @@ def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
     in_memory = TeacherTargets(tiny_store)
     np.testing.assert_array_equal(mapped.get(5, 1), in_memory.get(5, 1))
     dataset = ImageFolderDataset(face_folder)
-    one_epoch = replace(TINY_STUDENT, epochs=1)
+    one_epoch = TINY_STUDENT.model_copy(update={"epochs": 1})
     train(one_epoch, dataset, tmp_path / "memory", targets=in_memory, progress=False)
     train(
-        replace(one_epoch, num_workers=2), dataset, tmp_path / "mapped", targets=mapped, images_memory_bytes=0,
+        one_epoch.model_copy(update={"num_workers": 2}), dataset, tmp_path / "mapped", targets=mapped, images_memory_bytes=0,
         progress=False,
     )
     reference = read_checkpoint(tmp_path / "memory" / CHECKPOINT)["model"]
@@ -236,7 +213,7 @@ def test_mapped_targets_equal_the_store_in_every_chunk(tmp_path: Path, face_fold
     import h5py
 
     store = tmp_path / "store.h5"
-    embed_dataset(ImageFolderDataset(face_folder), TeacherConfig(str(tiny_teacher)), store, block_size=16, workers=0, progress=False)
+    embed_here(ImageFolderDataset(face_folder), str(tiny_teacher), store, images_per_block=16)
     with h5py.File(store, "r") as h5file:
         expected = h5file["embeddings"][:]
         assert h5file["embeddings"].chunks[0] == 16
@@ -261,11 +238,13 @@ def test_cli_train_reports_unknown_students_and_keys(tmp_path: Path, face_folder
 
     from stages.cli import cli
 
-    params = _student_params(tmp_path, face_folder, tiny_store, distillation={"rpsd_bank": 4})
+    params = student_params(tmp_path, face_folder, tiny_store)
     missing = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "nobody"])
     assert missing.exit_code == 1 and "students has no student 'nobody' (known: ddp)" in missing.output
+    params = student_params(tmp_path, face_folder, tiny_store, distillation={"rpsd_bank": 4})
     typo = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp"])
-    assert typo.exit_code == 1 and "unknown keys ['rpsd_bank']" in typo.output and "Traceback" not in typo.output
+    assert typo.exit_code == 1 and "students.ddp.distillation.rpsd_bank: 4 — unknown key" in typo.output
+    assert "Traceback" not in typo.output
 
 
 def test_pair_table_hash_in_chunks_equals_the_whole_copy() -> None:
@@ -280,8 +259,8 @@ def test_pair_table_hash_in_chunks_equals_the_whole_copy() -> None:
 @pytest.mark.parametrize(
     ("student", "message"),
     [
-        ({"batch_size": 1}, r"students\.ddp: batch_size is 1; expected at least 2 \(BatchNorm needs 2 or more samples"),
-        ({"batch_size": 7, "sampler": "pairs"}, r"students\.ddp: batch_size is 7; the pairs sampler needs an even batch"),
+        ({"batch_size": 1}, r"students\.ddp\.batch_size: 1 — expected at least 2 \(BatchNorm needs 2 or more samples"),
+        ({"batch_size": 7, "sampler": "pairs"}, r"students\.ddp\.batch_size: 7 — expected a multiple of 2 x world size \(2\): the pairs sampler"),
     ],
 )
 def test_cli_train_refuses_a_batch_too_small_or_odd(tmp_path: Path, face_folder: Path, student: dict, message: str) -> None:
@@ -289,7 +268,7 @@ def test_cli_train_refuses_a_batch_too_small_or_odd(tmp_path: Path, face_folder:
 
     from stages.cli import cli
 
-    params = _student_params(tmp_path, face_folder, tmp_path / "unused.h5", **student)
+    params = student_params(tmp_path, face_folder, tmp_path / "unused.h5", **student)
     result = CliRunner().invoke(cli, ["train", "--params", str(params), "--student", "ddp", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith(f"Error: {params}: ") and re.search(message, result.output), result.output

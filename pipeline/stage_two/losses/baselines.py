@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.stage_two.losses.iled import cosine_distance
 from pipeline.stage_two.losses.margin import combined_margin_logits
-from pipeline.stage_two.memory import gather_from_all_ranks
+from pipeline.stage_two.distributed import gather_from_all_ranks
 
 
 class RawL2Loss(nn.Module):

@@ -1,0 +1,40 @@
+"""The student being trained: backbone, margin head and KD terms as one module."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pipeline.stage_two.config import TrainConfig
+from pipeline.stage_two.distill import Distiller
+from pipeline.stage_two.losses import margin_head
+from pipeline.stage_two.models import build_backbone
+
+
+class StudentModel(nn.Module):
+    """Backbone + margin head + KD terms in one module, so DDP synchronises all their gradients."""
+
+    def __init__(self, config: TrainConfig, input_size: int, num_classes: int, teacher_dim: int | None) -> None:
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width)
+        self.head = (
+            margin_head(
+                config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value,
+                config.margin_sample_rate, config.seed,
+            )
+            if config.margin_weight > 0 else None
+        )
+        self.margin_weight = config.margin_weight
+        self.distiller = (
+            Distiller(config.distillation, config.embedding_dim, teacher_dim, num_classes, config.epochs)
+            if config.distillation.uses_teacher and teacher_dim else None
+        )
+
+    def forward(
+        self, images: Tensor, labels: Tensor, targets: Tensor, indices: Tensor, epoch: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        embeddings = self.backbone(images)
+        terms: dict[str, Tensor] = {}
+        if self.head is not None:
+            terms["margin"] = self.margin_weight * self.head(embeddings, labels)
+        if self.distiller is not None:
+            terms.update(self.distiller(embeddings, targets, labels, indices, epoch))
+        return embeddings, terms
