@@ -25,7 +25,7 @@ COMMANDS = {
     "mine": "stages.mine:mine",
     "pairs": "stages.pairs:pairs",
     "evaluate": "stages.evaluate:evaluate",
-    "make-bin": "stages.evaluate:make_bin",
+    "make-bin": "stages.make_bin:make_bin",
     "quantize": "stages.quantize:quantize",
     "latency": "stages.latency:latency",
     "results": "stages.results:results",

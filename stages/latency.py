@@ -1,8 +1,6 @@
 """`facekd latency`: latency, throughput, size and multiply-adds of the teacher and every student."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from stages.params import load_settings, required
@@ -16,15 +14,11 @@ def latency(params_path: str) -> None:
     Batch 1 on one thread and on all cores, and a batch of `latency.throughput_batch` on all cores;
     the models take turns run by run, so load from other processes affects them alike.
     """
-    from pipeline.evaluation.inputs import deployed_models
-    from pipeline.evaluation.latency import default_settings, latency_report
-    from pipeline.files import write_text_atomically
+    from pipeline.evaluation.latency import time_deployed_models
 
     settings = load_settings(params_path)
     config, embed, train = required(settings, params_path, "latency", "embed", "train")
-    models = deployed_models(embed.teacher, train.out_root, list(settings.students))
-    report = latency_report(models, default_settings(config.runs, config.throughput_runs, config.throughput_batch))
-    write_text_atomically(config.out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report = time_deployed_models(config, embed.teacher, train.out_root, list(settings.students))
     for name, model in report["models"].items():
         single = model["batch1_1thread"]
         click.echo(

@@ -14,12 +14,83 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.data.verification_bin import VerificationPairs
+from pipeline.errors import FacekdError
+from pipeline.evaluation.config import EvaluateConfig, SweepConfig
+from pipeline.evaluation.evaluate import evaluate_pairs, summary_metrics
+from pipeline.evaluation.inputs import load_pair_sets, open_evaluated_model
+from pipeline.face_model import file_sha256
 from pipeline.files import write_text_atomically
+from pipeline.stage_one.config import PreprocessingConfig
+from pipeline.stage_two.compile_choice import compile_where_safe
 from pipeline.stage_two.config import TrainConfig
-from pipeline.stage_two.train import MODEL
+from pipeline.stage_two.train import MODEL, train
+from pipeline.stage_two.training_data import load_section_inputs
 
 EVALUATION = "evaluation.json"
 REPORTED_METRICS = ("accuracy", "tar_at_far_0.01", "tar_at_far_0.001")
+
+
+def run_ablation(
+    sweep: SweepConfig,
+    evaluation: EvaluateConfig,
+    teacher: str | Path,
+    teacher_preprocessing: PreprocessingConfig,
+    *,
+    only_rows: list[str] | None,
+    section_name: str,
+    settings_file: str,
+    progress: bool,
+    log: Callable[[str], None],
+    report: Callable[[str], None],
+) -> str:
+    """`facekd ablation`: train and evaluate every row of `sweep` (or `only_rows`) under every seed on
+    the first pair set of `evaluation.pairs`; write the markdown table to `sweep.table` and return it.
+
+    The teacher's row is evaluated once per teacher file and pair set, cached under `sweep.out_root`.
+    `log` gets a line per run, `report` the torch.compile choices; `section_name` and `settings_file`
+    (where `sweep` came from) are named in errors.
+    """
+    if only_rows:
+        unknown = sorted(set(only_rows) - set(sweep.rows))
+        if unknown:
+            raise FacekdError(f"{settings_file}: {section_name}.rows has no rows {unknown}")
+    configs = {name: row.training_config() for name, row in sweep.rows.items()}
+    # Loaded for every row of the section, so that the data fingerprint recorded with each run
+    # does not depend on which rows `only_rows` picks (a subset must reuse a full run's results).
+    first_row = next(iter(sweep.rows.values()))
+    inputs = load_section_inputs(first_row, list(configs.values()))
+    if only_rows:
+        configs = {name: configs[name] for name in only_rows}
+    configs = dict(zip(configs, compile_where_safe(list(configs.values()), inputs.dataset, inputs.usable, report)))
+    pair_set_name, pairs = next(iter(load_pair_sets(evaluation.pairs, f"{settings_file}: evaluate.pairs").items()))
+
+    def train_one(config: TrainConfig, out_dir: Path) -> None:
+        train(
+            config, inputs.dataset, out_dir, images_memory_bytes=first_row.images_memory_bytes, progress=progress,
+            **inputs.train_arguments(),
+        )
+
+    def evaluate_one(model_path: Path) -> dict[str, Any]:
+        return _evaluate(evaluation, model_path, pairs, None)
+
+    out_root = Path(sweep.out_root)
+    results = run_rows(configs, sweep.seeds, out_root, train_one, evaluate_one, inputs.fingerprint(), log)
+    teacher_cache = out_root / f"teacher_{file_sha256(Path(teacher))[:16]}_{pair_set_name}.json"
+    if not teacher_cache.is_file():
+        teacher_metrics = _evaluate(evaluation, Path(teacher), pairs, teacher_preprocessing)
+        write_text_atomically(teacher_cache, json.dumps(teacher_metrics, indent=2, sort_keys=True))
+    table = markdown_table(results, json.loads(teacher_cache.read_text()), pair_set_name)
+    write_text_atomically(sweep.table, table)
+    return table
+
+
+def _evaluate(
+    evaluation: EvaluateConfig, model_path: Path, pairs: VerificationPairs, teacher_preprocessing: PreprocessingConfig | None
+) -> dict[str, Any]:
+    """The scalar metrics of one model on `pairs` (a teacher with its own preprocessing)."""
+    model = open_evaluated_model(evaluation, model_path, teacher_preprocessing)
+    return summary_metrics(evaluate_pairs(model, pairs, evaluation.folds))
 
 
 @dataclass(frozen=True)

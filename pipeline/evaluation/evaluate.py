@@ -12,7 +12,13 @@ from pipeline.data.verification_bin import VerificationPairs
 from pipeline.files import write_text_atomically
 from pipeline.errors import FacekdError
 from pipeline.face_model import OnnxFaceModel
+from pipeline.evaluation.config import EvaluateConfig
+from pipeline.evaluation.inputs import load_pair_sets, open_evaluated_model
 from pipeline.evaluation.verification import verification_report
+from pipeline.stage_one.config import PreprocessingConfig
+
+METRICS = "metrics.json"  # in a model's evaluation folder, beside ROC_DIR
+ROC_DIR = "roc"
 
 
 def embed_pair_images(model: OnnxFaceModel, pairs: VerificationPairs, batch_images: int = 512) -> np.ndarray:
@@ -46,6 +52,27 @@ def evaluate_pairs(model: OnnxFaceModel, pairs: VerificationPairs, n_folds: int 
     return verification_report(
         first[:, 0], second[:, 0], pairs.issame, n_folds, flipped_embeddings1=first[:, 1], flipped_embeddings2=second[:, 1]
     )
+
+
+def evaluate_model(
+    config: EvaluateConfig,
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    teacher_preprocessing: PreprocessingConfig | None,
+    settings_file: str,
+) -> dict[str, dict[str, Any]]:
+    """`facekd evaluate`: the report of `model_path` on every pair set of `config.pairs`, by pair set
+    name, written to `out_dir` (METRICS, and one ROC CSV per pair set under ROC_DIR).
+
+    `teacher_preprocessing`: a teacher's own pixels (`embed.preprocessing`); None for a student.
+    `settings_file` (where `config` came from) is named in errors.
+    """
+    model = open_evaluated_model(config, model_path, teacher_preprocessing)
+    pair_sets = load_pair_sets(config.pairs, f"{settings_file}: evaluate.pairs")
+    reports = {name: evaluate_pairs(model, pairs, config.folds) for name, pairs in pair_sets.items()}
+    write_evaluation(reports, Path(out_dir) / METRICS, Path(out_dir) / ROC_DIR)
+    return reports
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:

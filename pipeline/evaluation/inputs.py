@@ -8,6 +8,7 @@ from pipeline.data.verification_bin import VerificationPairs, load_pair_set
 from pipeline.errors import FacekdError
 from pipeline.evaluation.config import EvaluateConfig
 from pipeline.face_model import OnnxFaceModel, Preprocessing
+from pipeline.stage_one.config import PreprocessingConfig
 
 MODEL = "model.onnx"  # a student's fp32 model, in its training folder
 INT8_MODEL = "model.int8.onnx"  # its int8 model, beside it
@@ -33,13 +34,14 @@ def load_pair_sets(pairs: str, setting: str) -> dict[str, VerificationPairs]:
 
 
 def open_evaluated_model(
-    config: EvaluateConfig, model_path: str | Path, teacher_preprocessing: Preprocessing | None = None
+    config: EvaluateConfig, model_path: str | Path, teacher_preprocessing: PreprocessingConfig | None = None
 ) -> OnnxFaceModel:
-    """The model to evaluate: a teacher with its own preprocessing, a student (None) with its training
-    convention (RGB, (x - 127.5) / 127.5; a teacher of your own may expect something else, e.g. BGR)."""
+    """The model to evaluate: a teacher with its own preprocessing (`embed.preprocessing`), a student
+    (None) with its training convention (RGB, (x - 127.5) / 127.5; a teacher of your own may expect
+    something else, e.g. BGR)."""
+    preprocessing = Preprocessing(**teacher_preprocessing.model_dump()) if teacher_preprocessing else Preprocessing()
     return OnnxFaceModel(
-        model_path, teacher_preprocessing or Preprocessing(), device=config.device,
-        batch_size=config.batch_size, resize=config.resize,
+        model_path, preprocessing, device=config.device, batch_size=config.batch_size, resize=config.resize,
     )
 
 

@@ -5,6 +5,7 @@ turn (interleaved), and summarised by median and 95th percentile rather than by 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,7 +17,10 @@ import onnx
 import onnxruntime
 
 from pipeline.errors import FacekdError
+from pipeline.evaluation.config import LatencyConfig
+from pipeline.evaluation.inputs import deployed_models
 from pipeline.face_model import load_face_model_graph
+from pipeline.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +149,14 @@ def latency_report(paths: dict[str, Path], settings: list[Setting]) -> dict[str,
         "settings": {s.name: {"batch_size": s.batch_size, "threads": s.threads, "runs": s.runs} for s in settings},
         "models": models,
     }
+
+
+def time_deployed_models(
+    config: LatencyConfig, teacher: str | Path, students_root: str | Path, students: list[str]
+) -> dict[str, object]:
+    """`facekd latency`: the latency report of the teacher and each student's fp32 and int8 models
+    (found under `students_root`), written to `config.out` and returned."""
+    models = deployed_models(teacher, students_root, students)
+    report = latency_report(models, default_settings(config.runs, config.throughput_runs, config.throughput_batch))
+    write_text_atomically(config.out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report

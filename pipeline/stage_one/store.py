@@ -469,10 +469,10 @@ def check_store_hash(path: str | Path, recorded_hash: str, store: EmbeddingStore
         )
 
 
-def check_finite_rows(store: EmbeddingStore, block_size: int = 65536) -> None:
+def check_finite_rows(store: EmbeddingStore, block_size: int) -> None:
     """Refuse a store with NaN or infinite values in an image's embeddings or norms (they poison every similarity).
 
-    One streaming pass; skipped images (all zeros) are not looked at.
+    One streaming pass, `block_size` rows at a time; skipped images (all zeros) are not looked at.
     """
     bad_rows = []
     for start in range(0, len(store), block_size):

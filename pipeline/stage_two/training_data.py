@@ -21,6 +21,9 @@ from pipeline.errors import FacekdError
 from pipeline.stage_two.config import TARGETS_MEMORY_BYTES, TrainConfig, TrainSection
 from pipeline.stage_one.store import provenance_hash, read_provenance
 
+# store rows read at once when checking the targets are finite: 2 views x 512 float16 each, 128 MiB
+FINITE_CHECK_ROWS = 65536
+
 
 class TeacherTargets:
     """Teacher embeddings (N x 2 x D) by (index, view): in memory when they fit, else memory-mapped.
@@ -191,7 +194,7 @@ def load_training_inputs(
     with EmbeddingStore(store_path) as store:
         store.check_matches({"dataset_kind": dataset.kind, "dataset_fingerprint": dataset.fingerprint()})
         if load_targets:
-            check_finite_rows(store)
+            check_finite_rows(store, FINITE_CHECK_ROWS)
         inputs = TrainingInputs(dataset, np.flatnonzero(~store.skipped), store.provenance_hash)
         if pairs_path is not None:
             with PairTable(pairs_path) as pairs:
