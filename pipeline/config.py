@@ -36,9 +36,13 @@ class _ConfigMeta(type(BaseModel)):  # pydantic's model metaclass
 
 
 class ConfigModel(BaseModel, metaclass=_ConfigMeta):
-    """Frozen, no unknown keys; direct construction raises `FacekdError` instead of pydantic's error."""
+    """Frozen, no unknown keys, strict types; direct construction raises `FacekdError` instead of pydantic's error.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: YAML gives each value its type, and `epochs: true`, `compile: "yes"` or `seed: 1.5` are
+    mistakes to report, not values to convert (an integer is still accepted where a float is expected).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def error_location(error: dict[str, Any]) -> tuple[Any, ...]:
@@ -59,6 +63,10 @@ def error_line(error: dict[str, Any], location: tuple[Any, ...]) -> str:
         return f"{where}: {error['input']!r} — unknown key"
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         return f"{where}: {error['input']!r} — expected a mapping of keys to values"
+    if error["type"] in ("string_too_short", "too_short"):
+        least = error["ctx"]["min_length"]
+        unit = "character" if error["type"] == "string_too_short" else "item"
+        return f"{where}: {error['input']!r} — expected at least {least} {unit}{'s' if least != 1 else ''}"
     message = error["msg"]
     for prefix, replacement in (("Input should be ", "expected "), ("Value error, ", ""), ("Assertion failed, ", "")):
         if message.startswith(prefix):

@@ -198,3 +198,21 @@ def test_library_callers_get_a_facekd_error_naming_every_bad_field() -> None:
     with pytest.raises(SettingsError, match="expected a mapping of sections"):
         validate_settings(["train"])
     assert Settings().train is None
+
+
+def test_values_of_the_wrong_type_are_reported_not_converted(tmp_path: Path) -> None:
+    values = shipped()
+    values["train"].update(epochs=True, compile="yes", seed=1.5)
+    values["index"]["factory"] = ""
+    values["ablation"]["seeds"] = []
+    values["train"]["optim"]["lr"] = 1  # an integer where a float is expected is fine
+    status, lines = facekd("embed", "--params", str(write(tmp_path, values)))
+    assert status == 1
+    expected = [
+        "train.epochs: True — expected a valid integer", "train.compile: 'yes' — expected a valid boolean",
+        "train.seed: 1.5 — expected a valid integer", "index.factory: '' — expected at least 1 character",
+        "ablation.seeds: [] — expected at least 1 item",
+    ]
+    assert len(lines) == len(expected), lines
+    for fragment in expected:
+        assert any(fragment in line for line in lines), (fragment, lines)

@@ -30,7 +30,7 @@ class OptimConfig(ConfigModel):
         "poly", description="poly: decay to 0 as (1 - progress)^power; step: x gamma at milestones.",
     )
     warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear warm-up.")
-    milestones: tuple[int, ...] = Field((), description="Epochs at which `step` multiplies the rate by gamma.")
+    milestones: tuple[int, ...] = Field((), strict=False, description="Epochs at which `step` multiplies the rate by gamma.")
     gamma: float = Field(0.1, gt=0, description="Factor of `step` at each milestone.")
     power: float = Field(2.0, ge=0, description="Exponent of `poly`.")
     clip_grad_norm: float = Field(5.0, description="Gradient-norm clipping; <= 0: no clipping.")
