@@ -17,6 +17,6 @@ def mine(params_path: str, quiet: bool) -> None:
     summary = mine_and_report(config, progress=not quiet)
     click.echo(
         f"{summary.pairs_path}: {summary.negatives.count} hard negatives and {summary.positives.count} hard positives "
-        f"of {summary.num_anchors} images; {len(summary.suspicious)} suspicious pairs "
+        f"of {summary.num_anchors} images; {summary.suspicious_pairs} suspicious pairs "
         f"(different identities, similarity >= {summary.suspicious_threshold}) in {config.suspicious}"
     )

@@ -56,7 +56,7 @@ def _selected(table, store, kind: str, count: int, identity: str | None, image: 
     return describe_pairs(hardest_pairs(table, KINDS[kind], count, anchor_rows(store, identity, image)), store)
 
 
-def _pair_table(title: str, records: list, sources: dict[int, str] | None = None):
+def _pair_table(title: str, records: list, sources: dict[str, str] | None = None):
     from rich.table import Table
 
     table = Table(title=title)
@@ -72,7 +72,7 @@ def _pair_table(title: str, records: list, sources: dict[int, str] | None = None
             record.partner_key, f"{record.partner_identity} ({record.partner_label})",
         ]
         if sources is not None:
-            row += [sources[record.anchor], sources[record.partner]]
+            row += [sources[record.anchor_key], sources[record.partner_key]]
         table.add_row(*row)
     return table
 
@@ -85,7 +85,7 @@ def pairs() -> None:
 @pairs.command("top")
 @_path_options
 @_selection_options
-@click.option("--paths", "show_paths", is_flag=True, help="Also show where each image lives (opens the dataset).")
+@click.option("--paths", "show_paths", is_flag=True, help="Also show where each image lives (in the dataset).")
 @click.option("--dataset", "dataset_path", default=None, help="Dataset location if it moved since embedding.")
 def top(params_path, pairs_path, store_path, kind, count, identity, image, show_paths, dataset_path) -> None:
     """The hardest pairs: overall, of one identity (--identity) or of one image (--image)."""
@@ -95,10 +95,10 @@ def top(params_path, pairs_path, store_path, kind, count, identity, image, show_
         records = _selected(table, store, kind, count, identity, image)
         sources = None
         if show_paths:
-            from pipeline.stage_one.inspection import embedded_dataset
+            from pipeline.stage_one.inspection import embedded_images
 
-            dataset = embedded_dataset(store, dataset_path)
-            sources = {row: dataset.source(row) for record in records for row in (record.anchor, record.partner)}
+            images = embedded_images(store, dataset_path)
+            sources = {key: images.source(key) for record in records for key in (record.anchor_key, record.partner_key)}
         scope = f" of image {image}" if image else f" of identity {identity}" if identity else ""
         Console().print(_pair_table(f"hardest {kind} pairs{scope} ({len(records)})", records, sources))
 
@@ -115,12 +115,11 @@ def sheet(params_path, pairs_path, store_path, kind, count, identity, image, out
     from pathlib import Path
 
     from pipeline.stage_one.contact_sheet import draw_contact_sheet
-    from pipeline.stage_one.inspection import checked_loader, embedded_dataset
+    from pipeline.stage_one.inspection import embedded_images
 
     with _opened(params_path, pairs_path, store_path) as (table, store):
         records = _selected(table, store, kind, count, identity, image)
-        loader = checked_loader(embedded_dataset(store, dataset_path), store)
-        picture = draw_contact_sheet(records, loader, columns=columns, tile=tile)
+        picture = draw_contact_sheet(records, embedded_images(store, dataset_path).load, columns=columns, tile=tile)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_path, format="PNG")
     click.echo(f"{out_path}: {len(records)} {kind} pairs")

@@ -78,6 +78,23 @@ class FaceDataset(ABC):
         return digest.hexdigest()
 
 
+class KeyedImages(ABC):
+    """A dataset's images found by key alone, without listing the dataset: showing a handful of a
+    million images should not cost a pass over them."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The encoded image with `key`; a key that is not in the dataset is refused, naming where it looked."""
+
+    @abstractmethod
+    def source(self, key: str) -> str:
+        """Where the image with `key` lives (a path, or file + record)."""
+
+    def load(self, key: str) -> np.ndarray:
+        """Decode the image with `key` to an H x W x 3 uint8 RGB array."""
+        return decode_image(self.read_bytes(key), self.source(key))
+
+
 def decode_image(data: bytes, source: str) -> np.ndarray:
     """Decode JPEG/PNG/... bytes to RGB uint8; a failure names `source`."""
     try:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.data.dataset import FaceDataset
+from pipeline.data.dataset import FaceDataset, KeyedImages
 from pipeline.errors import FacekdError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -21,9 +21,7 @@ class ImageFolderDataset(FaceDataset):
     kind = "image_folder"
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()  # absolute: dask workers may run in another directory
-        if not self.root.is_dir():
-            raise FacekdError(f"{self.root}: dataset folder does not exist (expected one sub-folder per identity)")
+        self.root = existing_root(root)
         self.identity_names = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
         keys: list[str] = []
         labels: list[int] = []
@@ -57,3 +55,35 @@ class ImageFolderDataset(FaceDataset):
 
     def fingerprint_items(self) -> list[bytes]:
         return [str(size).encode() for size in self._sizes]
+
+
+class ImageFolderImages(KeyedImages):
+    """Images of an image folder by key (`identity/file`): `root / key`, nothing listed."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = existing_root(root)
+
+    def path(self, key: str) -> Path:
+        """`root / key`, which must be a file; refuses a key that is not `<identity>/<file>` (it could
+        reach outside the root)."""
+        parts = PurePosixPath(key).parts
+        if len(parts) != 2 or any(part in (".", "..") or "\\" in part for part in parts):
+            raise FacekdError(f"{self.root}: key {key!r} is not '<identity>/<file>' inside the dataset folder")
+        path = self.root / key
+        if not path.is_file():
+            raise FacekdError(f"{path}: image not found (key {key!r} under the dataset folder {self.root})")
+        return path
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def source(self, key: str) -> str:
+        return str(self.path(key))
+
+
+def existing_root(root: str | os.PathLike[str]) -> Path:
+    """`root` made absolute (dask workers may run in another directory); refused unless it is a folder."""
+    path = Path(root).resolve()
+    if not path.is_dir():
+        raise FacekdError(f"{path}: dataset folder does not exist (expected one sub-folder per identity)")
+    return path

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.dataset import FaceDataset
+from pipeline.data.dataset import FaceDataset, KeyedImages
 from pipeline.errors import FacekdError
 from pipeline.files import written_together
 
@@ -32,17 +32,14 @@ IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 LENGTH_MASK = (1 << 29) - 1
 WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
 LARGEST_EXACT_LABEL = 1 << 24  # float32 holds every integer up to here
+RECORD_KEY_PREFIX = "rec:"
 
 
-class RecordIODataset(FaceDataset):
-    """The images of an insightface `.rec`/`.idx` pair; keys are `rec:<record index>`.
+class RecordIOFile:
+    """A `.rec` file read record by record through its `.idx` offsets: nothing else of the file is read.
 
-    Labels are the records' identity values remapped to 0..K-1 in sorted order;
-    `identity_names[k]` / `identity_ids[k]` give the original value of label k. The `.rec`
-    file is opened lazily in each process, so the dataset pickles to dask workers.
+    The `.rec` file is opened lazily in each process, so the object pickles to dask workers.
     """
-
-    kind = "recordio"
 
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
         self._file = None
@@ -61,49 +58,11 @@ class RecordIODataset(FaceDataset):
                     f"{self.rec_path} ({rec_size} bytes); expected the index written with this .rec file"
                 )
         self._rec_size = rec_size
-        self._records = self._image_records()
-        raw_labels = np.asarray([self._read_identity(record) for record in self._records], dtype=np.int64)
-        self.identity_ids, labels = np.unique(raw_labels, return_inverse=True)
-        self.identity_names = [str(identity) for identity in self.identity_ids.tolist()]
-        self.labels = labels.astype(np.int64)
-        self.keys = [f"rec:{record}" for record in self._records]
 
-    def _image_records(self) -> list[int]:
-        """Records 1 .. label[0]-1 after an insightface header; otherwise every indexed record."""
-        if not self._offsets:
-            raise FacekdError(f"{self.idx_path}: index is empty (expected one 'index<TAB>offset' line per record)")
-        if 0 in self._offsets:
-            flag, values, _ = self._unpack_header(0, self._read_payload(0))
-            if flag > 0:
-                images_end = values[0]
-                is_integer = math.isfinite(images_end) and images_end.is_integer()
-                if not (is_integer and 2 <= images_end <= len(self._offsets)):
-                    raise FacekdError(
-                        f"{self._record_source(0)}: header label[0] = {images_end} should end the image records: "
-                        f"an integer in 2..{len(self._offsets)} for the {len(self._offsets)} records in {self.idx_path}"
-                    )
-                records = list(range(1, int(images_end)))
-                missing = [record for record in records if record not in self._offsets]
-                if missing:
-                    raise FacekdError(
-                        f"{self.idx_path}: header record 0 says images are records 1..{int(images_end) - 1}, "
-                        f"but record {missing[0]} is not in the index ({len(missing)} missing)"
-                    )
-                return records
-        return list(self._offsets)
-
-    def _read_identity(self, record: int) -> int:
-        """The first label value of `record`, reading only the record's header bytes."""
-        payload = self._read_payload(record, limit=IR_HEADER.size)
-        if len(payload) == IR_HEADER.size and (flag := IR_HEADER.unpack(payload)[0]) > 0:
-            payload = self._read_payload(record, limit=IR_HEADER.size + 4 * flag)
-        _, values, _ = self._unpack_header(record, payload)
-        identity = float(values[0])
-        if not identity.is_integer() or identity < 0:
-            raise FacekdError(
-                f"{self._record_source(record)}: identity label {identity} is not a non-negative integer"
-            )
-        return int(identity)
+    def image_bytes(self, record: int) -> bytes:
+        """The encoded image of an image record (its payload after the label header)."""
+        _, _, image = self._unpack_header(record, self._read_payload(record))
+        return image
 
     def _unpack_header(self, record: int, payload: bytes) -> tuple[int, tuple[float, ...], bytes]:
         """(flag, label values, image bytes) of a record payload."""
@@ -189,10 +148,65 @@ class RecordIODataset(FaceDataset):
     def _record_source(self, record: int) -> str:
         return f"{self.rec_path} record {record} (offset {self._offsets[record]})"
 
+
+class RecordIODataset(RecordIOFile, FaceDataset):
+    """The images of an insightface `.rec`/`.idx` pair; keys are `rec:<record index>`.
+
+    Labels are the records' identity values remapped to 0..K-1 in sorted order;
+    `identity_names[k]` / `identity_ids[k]` give the original value of label k. Opening reads
+    every image record's header (one small read per record).
+    """
+
+    kind = "recordio"
+
+    def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(rec_path, idx_path)
+        self._records = self._image_records()
+        raw_labels = np.asarray([self._read_identity(record) for record in self._records], dtype=np.int64)
+        self.identity_ids, labels = np.unique(raw_labels, return_inverse=True)
+        self.identity_names = [str(identity) for identity in self.identity_ids.tolist()]
+        self.labels = labels.astype(np.int64)
+        self.keys = [f"{RECORD_KEY_PREFIX}{record}" for record in self._records]
+
+    def _image_records(self) -> list[int]:
+        """Records 1 .. label[0]-1 after an insightface header; otherwise every indexed record."""
+        if not self._offsets:
+            raise FacekdError(f"{self.idx_path}: index is empty (expected one 'index<TAB>offset' line per record)")
+        if 0 in self._offsets:
+            flag, values, _ = self._unpack_header(0, self._read_payload(0))
+            if flag > 0:
+                images_end = values[0]
+                is_integer = math.isfinite(images_end) and images_end.is_integer()
+                if not (is_integer and 2 <= images_end <= len(self._offsets)):
+                    raise FacekdError(
+                        f"{self._record_source(0)}: header label[0] = {images_end} should end the image records: "
+                        f"an integer in 2..{len(self._offsets)} for the {len(self._offsets)} records in {self.idx_path}"
+                    )
+                records = list(range(1, int(images_end)))
+                missing = [record for record in records if record not in self._offsets]
+                if missing:
+                    raise FacekdError(
+                        f"{self.idx_path}: header record 0 says images are records 1..{int(images_end) - 1}, "
+                        f"but record {missing[0]} is not in the index ({len(missing)} missing)"
+                    )
+                return records
+        return list(self._offsets)
+
+    def _read_identity(self, record: int) -> int:
+        """The first label value of `record`, reading only the record's header bytes."""
+        payload = self._read_payload(record, limit=IR_HEADER.size)
+        if len(payload) == IR_HEADER.size and (flag := IR_HEADER.unpack(payload)[0]) > 0:
+            payload = self._read_payload(record, limit=IR_HEADER.size + 4 * flag)
+        _, values, _ = self._unpack_header(record, payload)
+        identity = float(values[0])
+        if not identity.is_integer() or identity < 0:
+            raise FacekdError(
+                f"{self._record_source(record)}: identity label {identity} is not a non-negative integer"
+            )
+        return int(identity)
+
     def read_bytes(self, index: int) -> bytes:
-        record = self._records[index]
-        _, _, image = self._unpack_header(record, self._read_payload(record))
-        return image
+        return self.image_bytes(self._records[index])
 
     def source(self, index: int) -> str:
         return self._record_source(self._records[index])
@@ -205,6 +219,25 @@ class RecordIODataset(FaceDataset):
             f"{self._offsets[record]}:{extent_ends[self._offsets[record]] - self._offsets[record]}".encode()
             for record in self._records
         ]
+
+
+class RecordIOImages(RecordIOFile, KeyedImages):
+    """Images of a `.rec`/`.idx` pair by key (`rec:<record index>`): reads the index, then only those records."""
+
+    def record_of(self, key: str) -> int:
+        record = key.removeprefix(RECORD_KEY_PREFIX)
+        if not (key.startswith(RECORD_KEY_PREFIX) and record.isdigit() and int(record) in self._offsets):
+            raise FacekdError(
+                f"{self.idx_path}: no record for key {key!r} (expected '{RECORD_KEY_PREFIX}<record index>' "
+                f"of a record in this index; has the dataset changed since the keys were taken?)"
+            )
+        return int(record)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.image_bytes(self.record_of(key))
+
+    def source(self, key: str) -> str:
+        return self._record_source(self.record_of(key))
 
 
 def default_idx_path(rec_path: Path) -> Path:

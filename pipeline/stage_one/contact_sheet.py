@@ -48,9 +48,9 @@ def caption(record: PairRecord) -> list[str]:
 
 
 def draw_contact_sheet(
-    records: list[PairRecord], load_image: Callable[[int], np.ndarray], *, columns: int, tile: int
+    records: list[PairRecord], load_image: Callable[[str], np.ndarray], *, columns: int, tile: int
 ) -> Image.Image:
-    """Pairs in a grid of `columns`, anchor left and partner right, three caption lines below."""
+    """Pairs in a grid of `columns`, anchor left and partner right, three caption lines below; images by key."""
     if not records:
         raise FacekdError("no pairs to draw: the selection is empty")
     columns = min(columns, len(records))
@@ -61,8 +61,8 @@ def draw_contact_sheet(
     font = ImageFont.load_default()
     for position, record in enumerate(records):
         x, y = cell_origin(position, columns, tile)
-        sheet.paste(thumbnail(load_image(record.anchor), tile), (x, y))
-        sheet.paste(thumbnail(load_image(record.partner), tile), (x + tile, y))
+        sheet.paste(thumbnail(load_image(record.anchor_key), tile), (x, y))
+        sheet.paste(thumbnail(load_image(record.partner_key), tile), (x + tile, y))
         for line_number, line in enumerate(caption(record)):
             draw.text((x, y + tile + 2 + line_number * LINE_HEIGHT), _fit(draw, font, line, 2 * tile), fill=TEXT_COLOUR, font=font)
     return sheet

@@ -4,12 +4,10 @@ store's rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
-from pipeline.data.dataset import FaceDataset
-from pipeline.data.open import open_dataset
+from pipeline.data.dataset import KeyedImages
+from pipeline.data.open import open_keyed_images
 from pipeline.errors import FacekdError
 from pipeline.stage_one.pair_table import Pairs
 from pipeline.stage_one.store import EmbeddingStore
@@ -66,26 +64,10 @@ def anchor_rows(store: EmbeddingStore, identity: str | None, image: str | None) 
     return None
 
 
-def embedded_dataset(store: EmbeddingStore, dataset_path: str | None) -> FaceDataset:
-    """The dataset the store was embedded from (`dataset_path`, else its provenance's dataset_root);
-    refuses one whose size differs from the store's."""
+def embedded_images(store: EmbeddingStore, dataset_path: str | None) -> KeyedImages:
+    """The images the store was embedded from (`dataset_path`, else its provenance's dataset_root), found
+    by the store's keys: the dataset is not listed, so showing a few of a million images is quick."""
     dataset_path = dataset_path or store.provenance.get("dataset_root")
     if not dataset_path:
         raise FacekdError(f"{store.path}: its provenance names no dataset_root; pass --dataset")
-    dataset = open_dataset(dataset_path, store.provenance["dataset_kind"])
-    if len(dataset) != len(store):
-        raise FacekdError(f"dataset {dataset_path} has {len(dataset)} images; the store {store.path} has "
-                          f"{len(store)} (use --dataset to point at the embedded dataset)")
-    return dataset
-
-
-def checked_loader(dataset: FaceDataset, store: EmbeddingStore) -> Callable[[int], np.ndarray]:
-    """Image loader by store row that refuses a row whose dataset key differs from the store's."""
-
-    def load(row: int) -> np.ndarray:
-        (expected,) = store.keys_at(np.array([row]))
-        if dataset.keys[row] != expected:
-            raise FacekdError(f"{dataset.source(row)}: dataset key {dataset.keys[row]!r} is not the store's {expected!r}")
-        return dataset.load(row)
-
-    return load
+    return open_keyed_images(dataset_path, store.provenance["dataset_kind"])

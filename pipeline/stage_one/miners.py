@@ -18,7 +18,7 @@ from pipeline.hdf5 import written_hdf5
 from pipeline.stage_one.knn_file import KnnFile
 from pipeline.stage_one.config import MineConfig
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
-from pipeline.stage_one.pair_queries import describe_pairs, suspicious_pairs, write_pairs_csv
+from pipeline.stage_one.pair_queries import write_suspicious_csv
 from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, PairTable, PairTableWriter
 from pipeline.stage_one.store import EmbeddingStore, check_finite_rows
 from pipeline.stage_one.store_views import read_unit_vectors, usable_rows
@@ -111,14 +111,14 @@ def mine_and_report(config: MineConfig, *, progress: bool) -> MiningSummary:
     histogram, suspicious pairs) at the paths `config` names."""
     with EmbeddingStore(config.store) as store:
         summary = mine_pairs(store, config, progress=progress)
-        write_pairs_csv(config.suspicious, describe_pairs(summary.suspicious, store))
     write_summary_json(config.summary, summary)
     write_histogram_csv(config.histogram, summary.negatives, summary.positives)
     return summary
 
 
 def mine_pairs(store: EmbeddingStore, config: MineConfig, *, progress: bool) -> MiningSummary:
-    """Mine hard negatives (from the kNN file `config.knn`) and hard positives (exact) into the pair table at `config.out`."""
+    """Mine hard negatives (from the kNN file `config.knn`) and hard positives (exact) into the pair table at
+    `config.out`; write its suspicious pairs to `config.suspicious`, streamed (there can be millions)."""
     pairs_path, block_size = Path(config.out), config.rows_per_block
     hard_negatives_per_anchor, hard_positives_per_anchor = config.hard_negatives_per_anchor, config.hard_positives_per_anchor
     suspicious_threshold = config.suspicious_threshold
@@ -161,10 +161,10 @@ def mine_pairs(store: EmbeddingStore, config: MineConfig, *, progress: bool) -> 
             writer.finish(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         bar.close()
     with PairTable(pairs_path) as table:
-        suspicious = suspicious_pairs(table, suspicious_threshold, block_size)
+        suspicious_count = write_suspicious_csv(config.suspicious, table, store, suspicious_threshold, block_size=block_size)
     return MiningSummary(
         pairs_path, len(store), len(usable_rows(store)), knn.k, anchors_without_negatives,
-        negative_distribution, positive_distribution, suspicious_threshold, suspicious,
+        negative_distribution, positive_distribution, suspicious_threshold, suspicious_count,
     )
 
 

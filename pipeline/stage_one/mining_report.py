@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import opened_atomically, write_text_atomically
-from pipeline.stage_one.pair_table import Pairs
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PERCENTILE_GRID_BINS = 2000  # percentiles are read to 0.001 from a grid over [-1, 1]
@@ -67,7 +66,7 @@ class MiningSummary:
     negatives: SimilarityDistribution
     positives: SimilarityDistribution
     suspicious_threshold: float
-    suspicious: Pairs
+    suspicious_pairs: int
 
     def metrics(self) -> dict:
         """The numbers DVC tracks as metrics (mining_summary.json)."""
@@ -80,7 +79,7 @@ class MiningSummary:
             "hard_negatives": self.negatives.summary(),
             "hard_positives": self.positives.summary(),
             "suspicious_threshold": self.suspicious_threshold,
-            "suspicious_pairs": len(self.suspicious),
+            "suspicious_pairs": self.suspicious_pairs,
         }
 
 

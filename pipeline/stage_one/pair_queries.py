@@ -8,12 +8,18 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from pipeline.files import opened_atomically
 from pipeline.stage_one.pair_table import HARD_NEGATIVE, KIND_NAMES, Pairs, PairTable
 from pipeline.stage_one.store import EmbeddingStore
+
+SIMILARITY_GRID_BINS = 1 << 16  # the suspicious pairs are read in ranges of this grid over [-1, 1]
+SIMILARITY_GRID = np.linspace(-1.0, 1.0, SIMILARITY_GRID_BINS + 1)
+SUSPICIOUS_ROWS_PER_PASS = 1 << 21  # pairs read, sorted and merged at once: about 125 bytes each
+DESCRIBED_ROWS = 1 << 16  # pairs described (keys read, records built) at once when writing a CSV
 
 
 def _once_per_unordered_pair(pairs: Pairs) -> Pairs:
@@ -59,12 +65,75 @@ def hardest_pairs(
 
 def suspicious_pairs(table: PairTable, threshold: float, block_size: int = 1 << 20) -> Pairs:
     """Hard negatives at or above `threshold` (likely duplicates or label noise), most similar first, once each."""
-    found = []
+    passes = list(suspicious_pair_passes(table, threshold, max(len(table), 1), block_size))
+    return passes[0] if passes else table.read(np.zeros(0, np.int64))
+
+
+def suspicious_pair_passes(
+    table: PairTable, threshold: float, rows_per_pass: int = SUSPICIOUS_ROWS_PER_PASS, block_size: int = 1 << 20
+) -> Iterator[Pairs]:
+    """`suspicious_pairs` in consecutive parts of about `rows_per_pass` pairs, so memory stays bounded.
+
+    One pass reads the pairs whose similarity falls in one range of a fine grid (more than
+    `rows_per_pass` only when one grid bin holds more). A pair whose mirror (b, a) lies in a
+    higher range was reported there and is dropped; one in the same range is merged as before.
+    """
+    counts = np.zeros(SIMILARITY_GRID_BINS, np.int64)
+    for _, bins in _suspicious_rows(table, threshold, 0, SIMILARITY_GRID_BINS, block_size):
+        counts += np.bincount(bins, minlength=SIMILARITY_GRID_BINS)
+    for low, high in _pass_bounds(counts, rows_per_pass):
+        found = Pairs.concatenate([
+            table.read_span(rows) for rows, _ in _suspicious_rows(table, threshold, low, high, block_size) if len(rows)
+        ])
+        found = _once_per_unordered_pair(found.take(np.lexsort((found.partner, found.anchor, -found.similarity))))
+        if high < SIMILARITY_GRID_BINS:
+            found = found.take(~_mirrored_above(table, found, threshold, high, block_size))
+        yield found
+
+
+def _similarity_bins(similarity: np.ndarray) -> np.ndarray:
+    """Position on a fine grid over [-1, 1], non-decreasing in similarity (outliers clipped to the ends)."""
+    bins = np.searchsorted(SIMILARITY_GRID, similarity, side="right") - 1
+    return np.clip(bins, 0, SIMILARITY_GRID_BINS - 1)
+
+
+def _suspicious_rows(
+    table: PairTable, threshold: float, low: int, high: int, block_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per block of the table: rows of the suspicious pairs with grid bin in [low, high), and their bins."""
     for start, block in table.blocks(("kind", "similarity"), block_size):
-        found.append(start + np.flatnonzero((block["kind"] == HARD_NEGATIVE) & (block["similarity"] >= threshold)))
-    rows = np.concatenate(found) if found else np.zeros(0, np.int64)
-    pairs = table.read(rows)
-    return _once_per_unordered_pair(pairs.take(np.lexsort((pairs.partner, pairs.anchor, -pairs.similarity))))
+        candidates = np.flatnonzero((block["kind"] == HARD_NEGATIVE) & (block["similarity"] >= threshold))
+        bins = _similarity_bins(block["similarity"][candidates])
+        in_range = (bins >= low) & (bins < high)
+        yield start + candidates[in_range], bins[in_range]
+
+
+def _pass_bounds(counts: np.ndarray, rows_per_pass: int) -> list[tuple[int, int]]:
+    """Grid ranges [low, high), highest first, each of at most `rows_per_pass` pairs unless one bin holds more."""
+    bounds, high, taken = [], len(counts), 0
+    for grid_bin in np.flatnonzero(counts)[::-1]:
+        if taken and taken + counts[grid_bin] > rows_per_pass:
+            bounds.append((int(grid_bin) + 1, high))
+            high, taken = int(grid_bin) + 1, 0
+        taken += int(counts[grid_bin])
+    if taken:
+        bounds.append((0, high))
+    return bounds
+
+
+def _mirrored_above(table: PairTable, found: Pairs, threshold: float, low: int, block_size: int) -> np.ndarray:
+    """Which of `found` (not empty) have their mirror among the suspicious pairs of grid bins >= `low`."""
+    num_images = len(table.offsets) - 1
+    mirror_keys = np.sort(found.partner * num_images + found.anchor)
+    mirrored_keys = []
+    for rows, _ in _suspicious_rows(table, threshold, low, SIMILARITY_GRID_BINS, block_size):
+        if not len(rows):
+            continue
+        higher = table.read_span(rows)
+        keys = higher.anchor * num_images + higher.partner
+        positions = np.minimum(np.searchsorted(mirror_keys, keys), len(mirror_keys) - 1)
+        mirrored_keys.append(keys[mirror_keys[positions] == keys])
+    return np.isin(found.partner * num_images + found.anchor, np.concatenate(mirrored_keys))
 
 
 @dataclass(frozen=True)
@@ -103,10 +172,26 @@ def describe_pairs(pairs: Pairs, store: EmbeddingStore) -> list[PairRecord]:
     return records
 
 
-def write_pairs_csv(path: str | Path, records: list[PairRecord]) -> None:
-    """One row per record, its fields as columns (published atomically)."""
+def write_pairs_csv(path: str | Path, records: Iterable[PairRecord]) -> int:
+    """One row per record, its fields as columns (published atomically); returns the number of rows."""
+    count = 0
     with opened_atomically(path, newline="") as out:
         writer = csv.writer(out)
         writer.writerow([field.name for field in fields(PairRecord)])
-        for record in records:
+        for count, record in enumerate(records, start=1):
             writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in vars(record).values()])
+    return count
+
+
+def write_suspicious_csv(
+    path: str | Path, table: PairTable, store: EmbeddingStore, threshold: float,
+    rows_per_pass: int = SUSPICIOUS_ROWS_PER_PASS, block_size: int = 1 << 20,
+) -> int:
+    """Every suspicious pair of `table` as CSV (`suspicious_pairs`' rows and order), streamed pass by pass;
+    returns the number of pairs."""
+    return write_pairs_csv(path, (
+        record
+        for found in suspicious_pair_passes(table, threshold, rows_per_pass, block_size)
+        for start in range(0, len(found), DESCRIBED_ROWS)
+        for record in describe_pairs(found.take(slice(start, start + DESCRIBED_ROWS)), store)
+    ))

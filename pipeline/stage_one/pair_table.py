@@ -50,6 +50,11 @@ class Pairs:
     def take(self, positions: np.ndarray | slice) -> "Pairs":
         return Pairs(**{column: getattr(self, column)[positions] for column in PAIR_COLUMNS})
 
+    @staticmethod
+    def concatenate(parts: list["Pairs"]) -> "Pairs":
+        """The rows of `parts` (at least one) one after the other."""
+        return Pairs(**{column: np.concatenate([getattr(part, column) for part in parts]) for column in PAIR_COLUMNS})
+
 
 class PairTableWriter:
     """Appends pair rows to fixed-chunk resizable datasets of a new table, feeding its checksum."""
@@ -119,6 +124,12 @@ class PairTable:
     def read(self, rows: np.ndarray) -> Pairs:
         """Pair rows (sorted, unique)."""
         return Pairs(**{column: read_rows(self.file[column], rows) for column in PAIR_COLUMNS})
+
+    def read_span(self, rows: np.ndarray) -> Pairs:
+        """Pair rows (sorted, unique, not empty) read as one slice from the first to the last: far faster
+        than a point selection when they lie within one block."""
+        first, last = int(rows[0]), int(rows[-1])
+        return Pairs(**{column: self.file[column][first : last + 1][rows - first] for column in PAIR_COLUMNS})
 
     def rows_of_anchors(self, anchors: np.ndarray) -> np.ndarray:
         """Pair rows of some anchors, sorted."""

@@ -87,8 +87,10 @@ def index_config(tmp_path: Path, **settings) -> IndexConfig:
 
 
 def mine_config(tmp_path: Path, name: str = "pairs.h5", **settings) -> MineConfig:
-    """`mine` settings (MineConfig's defaults) changed by `settings`, on `tmp_path`'s kNN file; the table `tmp_path / name`."""
-    return MineConfig(knn=str(tmp_path / "knn.h5"), out=str(tmp_path / name), **settings)
+    """`mine` settings (MineConfig's defaults) changed by `settings`, on `tmp_path`'s kNN file; the table `tmp_path / name`,
+    the suspicious pairs next to it."""
+    suspicious = str((tmp_path / name).with_suffix(".suspicious.csv"))
+    return MineConfig(**{"knn": str(tmp_path / "knn.h5"), "out": str(tmp_path / name), "suspicious": suspicious, **settings})
 
 
 def index_and_search(store_path: Path, tmp_path: Path, k: int, **settings) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,12 @@ import pytest
 import pipeline.stage_one.miners as miners
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.errors import FacekdError, ProvenanceMismatchError
+from pipeline.hdf5 import written_hdf5
 from pipeline.stage_one.index import build_index, search_knn
 from pipeline.stage_one.miners import lowest_similarities, mine_pairs
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
-from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pairs
-from pipeline.stage_one.pair_table import HARD_NEGATIVE, HARD_POSITIVE, PairTable
+from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pair_passes, suspicious_pairs
+from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, Pairs, PairTable, PairTableWriter
 from pipeline.stage_one.store_views import unit_vectors
 from pipeline.stage_one.store import EmbeddingStore
 from tests.stage_one.stores import clustered_vectors, embed_here, index_config, mine_config, write_store
@@ -150,15 +151,66 @@ def store_with_duplicates(tmp_path: Path) -> Path:
 
 def test_suspicious_pairs_are_the_planted_duplicates(tmp_path: Path, store_with_duplicates: Path) -> None:
     summary = index_and_mine(store_with_duplicates, tmp_path, k=8, suspicious_threshold=0.9)
-    assert len(summary.suspicious) == 2, "each duplicate is one unordered pair, reported once"
-    assert {tuple(sorted(pair)) for pair in zip(summary.suspicious.anchor, summary.suspicious.partner)} == {(3, 40), (20, 70)}
-    assert summary.suspicious.similarity[0] == pytest.approx(1.0, abs=1e-5)
-    assert summary.suspicious.similarity[1] < summary.suspicious.similarity[0]
+    assert summary.suspicious_pairs == 2, "each duplicate is one unordered pair, reported once"
+    with open(tmp_path / "pairs.suspicious.csv") as written:
+        rows = list(csv.DictReader(written))
+    assert {tuple(sorted((int(row["anchor"]), int(row["partner"])))) for row in rows} == {(3, 40), (20, 70)}
+    assert float(rows[0]["similarity"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[1]["similarity"]) < float(rows[0]["similarity"])
     with PairTable(tmp_path / "pairs.h5") as table:
         negatives = table.read(np.arange(len(table)))
         natural = negatives.similarity[(negatives.kind == HARD_NEGATIVE) & ~np.isin(negatives.anchor, [3, 40, 20, 70])]
         assert natural.max() < 0.9, "the threshold must separate planted duplicates from real hard negatives"
         assert len(suspicious_pairs(table, -1.0)) < (negatives.kind == HARD_NEGATIVE).sum(), "mirrored pairs are merged"
+
+
+def write_negative_pairs(path: Path, num_images: int, seed: int) -> Path:
+    """A pair table of hard negatives only, many mirrored with a slightly different similarity (as two
+    kNN searches can give) and many tied, so the order and the merging of mirrors are both tested."""
+    rng = np.random.default_rng(seed)
+    anchors = np.repeat(np.arange(num_images), 4)
+    partners = (anchors + rng.integers(1, num_images, len(anchors))) % num_images
+    similarities = np.round(rng.uniform(0.5, 1.0, len(anchors)), 2).astype(np.float32)
+    anchors, partners = np.concatenate([anchors, partners]), np.concatenate([partners, anchors])
+    similarities = np.concatenate([similarities, similarities + rng.choice([0, 0, 0.01, -0.01], len(similarities))])
+    _, unique = np.unique(np.stack([anchors, partners], axis=1), axis=0, return_index=True)
+    order = unique[np.lexsort((-similarities[unique], anchors[unique]))]
+    anchors, partners, similarities = anchors[order], partners[order], similarities[order].astype(np.float32)
+    counts = np.bincount(anchors, minlength=num_images)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    with written_hdf5(path, CHECKED_DATASETS) as (h5file, checksum):
+        writer = PairTableWriter(h5file, {"store_provenance_hash": "0" * 64}, checksum)
+        writer.append({
+            "anchor": anchors, "partner": partners, "similarity": similarities,
+            "same_identity": np.zeros(len(anchors), np.uint8), "kind": np.full(len(anchors), HARD_NEGATIVE, np.uint8),
+            "rank": (np.arange(len(anchors)) - offsets[anchors]).astype(np.int32),
+        })
+        writer.finish(offsets)
+    return path
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 7, 100_000])
+def test_suspicious_pairs_in_passes_are_the_brute_force_list(tmp_path: Path, rows_per_pass: int) -> None:
+    """Most similar first (ties by anchor, partner), each unordered pair at its first occurrence, whatever the passes."""
+    with PairTable(write_negative_pairs(tmp_path / "pairs.h5", 40, seed=3)) as table:
+        everything = table.read(np.arange(len(table)))
+        passes = list(suspicious_pair_passes(table, 0.7, rows_per_pass, block_size=50))
+    candidates = sorted(
+        (-similarity, anchor, partner, rank)
+        for anchor, partner, similarity, rank in zip(
+            everything.anchor.tolist(), everything.partner.tolist(), everything.similarity.tolist(), everything.rank.tolist())
+        if similarity >= np.float32(0.7)
+    )
+    expected, seen = [], set()
+    for negated, anchor, partner, rank in candidates:
+        if frozenset((anchor, partner)) not in seen:
+            seen.add(frozenset((anchor, partner)))
+            expected.append((anchor, partner, -negated, rank))
+    found = Pairs.concatenate(passes)
+    assert list(zip(found.anchor.tolist(), found.partner.tolist(), found.similarity.tolist(), found.rank.tolist())) == expected
+    assert (len(passes) > 1) == (rows_per_pass < len(candidates))
+    mirrored = {(anchor, partner) for _, anchor, partner, _ in candidates} & {(partner, anchor) for _, anchor, partner, _ in candidates}
+    assert len(expected) < len(candidates) and mirrored, "the table has mirrored pairs to merge"
 
 
 def test_summary_and_histogram_match_the_table(tmp_path: Path, store_with_duplicates: Path) -> None:

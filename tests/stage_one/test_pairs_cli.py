@@ -17,6 +17,7 @@ from pipeline.stage_one.pair_queries import describe_pairs, hardest_pairs, suspi
 from pipeline.stage_one.pair_table import HARD_NEGATIVE, HARD_POSITIVE, PairTable
 from pipeline.stage_one.store import EmbeddingStore
 from stages.cli import cli
+from tests.data.test_keyed_images import forbid_listing
 from tests.stage_one.index_mine_cli import DUPLICATE_KEY, WIDE, index_mine_params, run_cli
 from tests.stage_one.stores import write_projection_store
 
@@ -63,7 +64,7 @@ def test_pairs_top_overall_shows_the_duplicate_first(mined: Path) -> None:
     assert "person01/003.jpg" in first_row and DUPLICATE_KEY in first_row and "1.0000" in first_row
 
 
-def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
+def test_pairs_top_of_one_identity_and_one_image(mined: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pairs_path, store_path = _paths(mined)
     output = run_cli("pairs", "top", "--params", str(mined), "--kind", "positive", "--identity", "person02", "--n", "5")
     with PairTable(pairs_path) as table, EmbeddingStore(store_path) as store:
@@ -74,6 +75,7 @@ def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
         assert f"{record.similarity:.4f}" in output and record.anchor_key in output and record.partner_key in output
     assert "person02 (2)" in output and "person03" not in output
 
+    forbid_listing(monkeypatch)  # --paths locates the shown images by key
     output = run_cli("pairs", "top", "--pairs", str(pairs_path), "--store", str(store_path), "--image", "person05/000.jpg",
                   "--paths")
     table_rows = [line for line in output.splitlines() if re.match(r"\W*\d+\W", line)]
@@ -81,14 +83,16 @@ def test_pairs_top_of_one_identity_and_one_image(mined: Path) -> None:
     assert str(Path(yaml.safe_load(mined.read_text())["index"]["store"]).parent / "faces" / "person05" / "000.jpg") in output
 
 
-def test_pairs_sheet_is_a_png_showing_the_pairs(tmp_path: Path, mined: Path) -> None:
+def test_pairs_sheet_is_a_png_showing_the_pairs(tmp_path: Path, mined: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pairs_path, store_path = _paths(mined)
-    out = tmp_path / "sheet.png"
-    output = run_cli("pairs", "sheet", "--params", str(mined), "--out", str(out), "--n", "5", "--columns", "2", "--tile", "48")
-    assert "5 negative pairs" in output
     with PairTable(pairs_path) as table, EmbeddingStore(store_path) as store:
         records = describe_pairs(hardest_pairs(table, HARD_NEGATIVE, 5), store)
         dataset = ImageFolderDataset(store.provenance["dataset_root"])
+    out = tmp_path / "sheet.png"
+    with monkeypatch.context() as no_listing:
+        forbid_listing(no_listing)  # only the shown images are read, by key
+        output = run_cli("pairs", "sheet", "--params", str(mined), "--out", str(out), "--n", "5", "--columns", "2", "--tile", "48")
+    assert "5 negative pairs" in output
     with Image.open(out) as opened:
         assert opened.format == "PNG"
         sheet = np.asarray(opened.convert("RGB"))
