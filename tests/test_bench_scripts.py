@@ -29,3 +29,11 @@ def test_kd_step_bench(tmp_path: Path) -> None:
     }))
     output = run_bench("bench/kd_step.py", "--params", str(params), "--student", "tiny", "--repeats", "1")
     assert "KD terms add" in output
+
+
+def test_inspection_bench() -> None:
+    output = run_bench("bench/inspection.py", "--images", "300", "--records", "300", "--shown", "3", "--repeats", "1",
+                       "--suspicious-rows", "4000", "--rows-per-pass", "1000")
+    assert output.count("listing the dataset (open_dataset, before)") == 2
+    assert output.count("by key (open_keyed_images, now)") == 2
+    assert "passes of 1000 rows" in output and "the three CSVs are byte-identical: True" in output
