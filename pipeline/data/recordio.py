@@ -13,6 +13,7 @@ The `.idx` file maps record index to byte offset, one "index<TAB>offset" line pe
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -33,6 +34,7 @@ LENGTH_MASK = (1 << 29) - 1
 WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
 LARGEST_EXACT_LABEL = 1 << 24  # float32 holds every integer up to here
 RECORD_KEY_PREFIX = "rec:"
+LARGEST_INT64_DIGITS = 18  # every integer of up to 18 decimal digits fits in int64
 
 
 class RecordIOFile:
@@ -246,22 +248,66 @@ def default_idx_path(rec_path: Path) -> Path:
 
 
 def read_idx(idx_path: Path) -> dict[int, int]:
-    """Record index -> byte offset, in file order, from "index<TAB>offset" lines."""
+    """Record index -> byte offset, in file order, from "index<TAB>offset" lines.
+
+    An index in MXNet's own spelling is parsed in one vectorised pass (`tab_separated_offsets`);
+    any other file goes through `read_idx_line_by_line`, which accepts what it accepts and names
+    the file, line and content of what it does not.
+    """
+    data = idx_path.read_bytes()
+    offsets = tab_separated_offsets(data)
+    return offsets if offsets is not None else read_idx_line_by_line(idx_path, data)
+
+
+def tab_separated_offsets(data: bytes) -> dict[int, int] | None:
+    """`read_idx`'s result for lines of "digits<TAB>digits" (LF or CRLF, blank lines allowed), else None.
+
+    None for anything else -- spaces, signs, a lone CR, a line without exactly one tab, a number of
+    more than 18 digits (int64), a record listed twice -- so the line-by-line parser decides.
+    """
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    if data.translate(None, b"0123456789\t\n"):
+        return None
+    as_array = np.frombuffer(data, dtype=np.uint8)
+    tabs = np.flatnonzero(as_array == ord("\t"))
+    if tabs.size == 0:
+        return {} if not data.strip(b"\n") else None
+    line_ends = np.flatnonzero(as_array == ord("\n"))
+    if not data.endswith(b"\n"):
+        line_ends = np.append(line_ends, len(data))
+    line_starts = np.concatenate(([0], line_ends[:-1] + 1))
+    filled = line_ends > line_starts
+    if tabs.size != np.count_nonzero(filled):
+        return None
+    record_digits = tabs - line_starts[filled]
+    offset_digits = line_ends[filled] - tabs - 1
+    digit_counts = np.concatenate((record_digits, offset_digits))
+    if not 1 <= digit_counts.min() <= digit_counts.max() <= LARGEST_INT64_DIGITS:
+        return None  # not each filled line "digits<TAB>digits" (its tab strictly inside it), or too long for int64
+    values = np.fromstring(data, dtype=np.int64, sep=" ")  # text mode: any whitespace separates
+    records = values[0::2].tolist()
+    offsets = dict(zip(records, values[1::2].tolist()))
+    return offsets if len(offsets) == len(records) else None
+
+
+def read_idx_line_by_line(idx_path: Path, data: bytes) -> dict[int, int]:
+    """`read_idx` of `data`, the bytes of `idx_path`, one text line at a time (any whitespace, CR, LF or CRLF)."""
     offsets: dict[int, int] = {}
-    with open(idx_path, encoding="ascii", errors="replace") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != 2 or not all(field.isdigit() for field in fields):
-                raise FacekdError(
-                    f"{idx_path} line {line_number}: expected '<record index><TAB><byte offset>' "
-                    f"(two non-negative integers), got {line.rstrip()!r}"
-                )
-            record, offset = int(fields[0]), int(fields[1])
-            if record in offsets:
-                raise FacekdError(f"{idx_path} line {line_number}: record {record} is listed twice")
-            offsets[record] = offset
+    lines = io.TextIOWrapper(io.BytesIO(data), encoding="ascii", errors="replace")
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not all(field.isdigit() for field in fields):
+            raise FacekdError(
+                f"{idx_path} line {line_number}: expected '<record index><TAB><byte offset>' "
+                f"(two non-negative integers), got {line.rstrip()!r}"
+            )
+        record, offset = int(fields[0]), int(fields[1])
+        if record in offsets:
+            raise FacekdError(f"{idx_path} line {line_number}: record {record} is listed twice")
+        offsets[record] = offset
     return offsets
 
 

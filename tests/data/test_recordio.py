@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.recordio import RecordIODataset, encode_record, write_recordio
+from pipeline.data.recordio import (
+    RecordIODataset,
+    encode_record,
+    read_idx,
+    read_idx_line_by_line,
+    tab_separated_offsets,
+    write_recordio,
+)
 from pipeline.errors import CorruptImageError, FacekdError
 
 # The format spelled out independently of the module under test.
@@ -170,6 +177,52 @@ def test_malformed_idx_line_is_named(tmp_path):
     rec_path, idx_path, _ = write_stream(tmp_path, records, idx_lines=["0\t0", "1\tabc"])
     with pytest.raises(FacekdError, match=r"train.idx line 2: expected .*got '1\\tabc'"):
         RecordIODataset(rec_path, idx_path)
+
+
+def test_vectorised_idx_parse_agrees_with_the_line_by_line_parser(tmp_path):
+    """Random MXNet-style indexes (blank lines, CRLF, leading zeros, with or without a final newline) parse alike."""
+    rng = np.random.default_rng(0)
+    idx_path = tmp_path / "train.idx"
+    for trial in range(8):
+        count = int(rng.integers(1, 3000))
+        records = rng.permutation(10 * count)[:count]
+        offsets = rng.integers(0, 10**17, count)  # 18 digits at most with the leading zero below
+        lines = [f"{record}\t{offset}" for record, offset in zip(records, offsets)]
+        lines[0] = f"000{records[0]}\t0{offsets[0]}"
+        for position in rng.integers(0, count, 20):
+            lines.insert(int(position), "")
+        newline = "\r\n" if trial % 2 else "\n"
+        data = newline.join(lines).encode() + (newline.encode() if trial % 4 < 2 else b"")
+        fast = tab_separated_offsets(data)
+        assert fast is not None
+        assert list(fast.items()) == list(read_idx_line_by_line(idx_path, data).items())
+        assert list(fast.items()) == [(int(record), int(offset)) for record, offset in zip(records, offsets)]
+    assert tab_separated_offsets(b"") == tab_separated_offsets(b"\n\n") == {}
+
+
+@pytest.mark.parametrize("data", [
+    b"0  0\n1 5\n", b" 0\t0\n", b"\t0\t0\n", b"0\t\t0\n", b"0\t0\t\n", b"\t\n0\t0\n",
+    b"0\t0\r1\t5\n", b"0\t0\x0c\n", b"0\t0\n1\t" + b"9" * 19 + b"\n",
+])
+def test_other_spellings_the_line_by_line_parser_accepts_still_parse(tmp_path, data):
+    idx_path = tmp_path / "train.idx"
+    idx_path.write_bytes(data)
+    assert tab_separated_offsets(data) is None
+    assert read_idx(idx_path) == read_idx_line_by_line(idx_path, data)
+    assert read_idx(idx_path)[0] == 0
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"0\t0\n\n1\t5\t6\n", r"train.idx line 3: expected .*got '1\\t5\\t6'"),
+    (b"0\t0\r\n1\r\n", r"train.idx line 2: expected .*got '1'"),
+    (b"0\t0\n-1\t5\n", r"train.idx line 2: expected .*got '-1\\t5'"),
+    (b"0\t0\n\n0\t5", r"train.idx line 3: record 0 is listed twice"),
+])
+def test_bad_idx_lines_are_named_by_line(tmp_path, data, message):
+    idx_path = tmp_path / "train.idx"
+    idx_path.write_bytes(data)
+    with pytest.raises(FacekdError, match=message):
+        read_idx(idx_path)
 
 
 def test_header_listing_unindexed_records(tmp_path):
