@@ -8,13 +8,18 @@ from stages.params import load_settings, required
 
 @click.command("index")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Local dask worker processes searching the index (0: no dask). Overrides index.workers.")
+@click.option("--scheduler", default=None, help="Address of an existing dask scheduler, e.g. tcp://host:8786.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def index(params_path: str, quiet: bool) -> None:
+def index(params_path: str, workers: int | None, scheduler: str | None, quiet: bool) -> None:
     """Build the index (params: index.factory) and search all-vs-all kNN into index.knn."""
     from pipeline.stage_one.neighbours import find_neighbours
 
     config = required(load_settings(params_path), params_path, "index")
-    search = find_neighbours(config, settings_file=params_path, progress=not quiet)
+    if workers is not None:
+        config = config.model_copy(update={"workers": workers})
+    search = find_neighbours(config, settings_file=params_path, progress=not quiet, scheduler=scheduler)
     knn = search.knn
     if search.index is None:
         click.echo(f"{config.out}: holds no vectors (a Flat index of {search.flat_index_bytes / (1 << 30):.1f} GB exceeds index.memory_gb)")

@@ -64,6 +64,11 @@ class IndexConfig(ConfigModel):
     threads: int = Field(0, ge=0, description="FAISS threads; 0: all cores.")
     device: Device = Field("auto", description="Where the search runs.")
     seed: int = Field(0, ge=0, description="Seed of the IVF/PQ training sample.")
+    workers: int = Field(
+        0, ge=0, description="Local dask worker processes searching query blocks, each loading the index once "
+        "(index.threads FAISS threads each, 0: this machine's cores; CPU only); 0: in this process. "
+        "The streamed exact search always runs in this process.",
+    )
 
 
 class MineConfig(ConfigModel):

@@ -8,7 +8,6 @@ calling process (no dask), which is also the reference the parallel path is test
 from __future__ import annotations
 
 import logging
-import signal
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pipeline
+from pipeline.dask_cluster import close_quietly, dask_client
 from pipeline.data.dataset import FaceDataset
 from pipeline.data.open import open_dataset
 from pipeline.errors import CorruptImageError, FacekdError
@@ -164,47 +164,6 @@ def _run_on_dask(
             next_block += 1
 
 
-def _dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -> Any:
-    """A client of the cluster at `scheduler`, or of a local cluster whose workers leave Ctrl-C to this process."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="10s")
-        except OSError as error:
-            raise FacekdError(f"cannot reach the dask scheduler at {scheduler} ({error})") from None
-    # Worker processes inherit an ignored SIGINT: Ctrl-C in a terminal reaches the whole process group,
-    # and only this process should react (by stopping the cluster), not every worker with a traceback.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-            dashboard_address=None, silence_logs=logging.CRITICAL,
-        )
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return Client(cluster)
-
-
-def _close_quietly(client: Any) -> None:
-    """Close the client and a local cluster without the shutdown chatter of distributed's loggers.
-
-    A cluster given by `--scheduler` belongs to the user and keeps running.
-    """
-    cluster = client.cluster
-    quiet = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:
-        logger.setLevel(logging.CRITICAL + 1)
-    try:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
-
-
 def embed_images(
     config: EmbedConfig, *, knn_k: int | None, settings_file: str, scheduler: str | None, progress: bool
 ) -> EmbedSummary:
@@ -280,7 +239,7 @@ def _write_blocks(
         if in_process:
             results = _run_in_process(dataset, config, writer, skip_corrupt)
         else:
-            client = _dask_client(workers, config.threads, scheduler)
+            client = dask_client(workers, config.threads, scheduler)
             results = _run_on_dask(dataset, config, writer, skip_corrupt, client)
         for block, (embeddings, skipped) in results:
             started = time.perf_counter()
@@ -295,7 +254,7 @@ def _write_blocks(
     finally:
         bar.close()
         if client is not None:
-            _close_quietly(client)
+            close_quietly(client)
     return write_seconds
 
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.checksums import file_checksum, new_checksum
+from pipeline.dask_cluster import close_quietly, dask_client
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
 from pipeline.stage_one.config import IndexConfig
@@ -182,8 +185,8 @@ def read_metadata(index_path: str | Path) -> IndexMetadata:
         raise FacekdError(f"{path}: not a facekd index metadata file ({error})") from None
 
 
-def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Index, IndexMetadata]:
-    """The CPU index and its metadata; refuses an index built from another store, or damaged since it was written."""
+def checked_metadata(index_path: str | Path, store: EmbeddingStore) -> IndexMetadata:
+    """The metadata of an index file built from `store` and intact since it was written (the index is not read)."""
     metadata = read_metadata(index_path)
     check_store_hash(index_path, metadata.store_provenance_hash, store)
     if file_checksum(Path(index_path)) != metadata.index_checksum:
@@ -191,6 +194,12 @@ def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Ind
             f"{index_path}: content does not match the checksum in {metadata_path(index_path).name} (the file is "
             "damaged, or was replaced without its metadata); run `facekd index` again"
         )
+    return metadata
+
+
+def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Index, IndexMetadata]:
+    """The CPU index and its metadata; refuses an index built from another store, or damaged since it was written."""
+    metadata = checked_metadata(index_path, store)
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as error:
@@ -262,43 +271,165 @@ def drop_self(
     return np.take_along_axis(neighbours, order, axis=1), np.take_along_axis(similarities, order, axis=1)
 
 
-def search_knn(store: EmbeddingStore, config: IndexConfig, *, progress: bool) -> KnnSummary:
+def search_knn(
+    store: EmbeddingStore, config: IndexConfig, *, progress: bool, scheduler: str | None = None
+) -> KnnSummary:
     """Every usable image's `config.knn_k` nearest other images in the index at `config.out`, written to
-    `config.knn` (HDF5, atomically)."""
-    k, device, nprobe, ef_search, block_size = config.knn_k, config.device, config.nprobe, config.ef_search, config.rows_per_search
+    `config.knn` (HDF5, atomically).
+
+    The query blocks (`config.rows_per_search` rows) are searched in this process (`config.workers`
+    0, no `scheduler`), or as tasks on `config.workers` local dask worker processes or the cluster at
+    `scheduler`, each worker reading the index file once; either way this process writes the blocks
+    in order. Each worker searches with this process's number of FAISS threads (`config.threads`; 0: this
+    machine's cores), since BLAS sums in another order with another thread count: the kNN file is
+    byte-identical to the one searched here.
+    """
+    k, nprobe, ef_search, block_size = config.knn_k, config.nprobe, config.ef_search, config.rows_per_search
     knn_path = Path(config.knn)
+    on_dask = config.workers > 0 or scheduler is not None
     configure_faiss(config.threads)
-    index, metadata = load_index(config.out, store)
-    if k >= index.ntotal:
-        raise FacekdError(f"knn_k is {k}; expected 1 .. {index.ntotal - 1} (the store has {index.ntotal} usable images)")
-    set_search_parameters(index, nprobe, ef_search)
-    chosen, warning = search_device(device, faiss_has_gpu(), k + 1)
-    if warning:
-        log.warning(warning)
-    if chosen == "cuda":
-        index, chosen = _to_gpu(index, device)
+    if on_dask:
+        metadata, index = checked_metadata(config.out, store), None
+        if metadata.ntotal != len(usable_rows(store)):
+            raise FacekdError(
+                f"{config.out}: holds {metadata.ntotal} vectors but {store.path} has {len(usable_rows(store))} usable images"
+            )
+        if config.device == "cuda":
+            raise FacekdError("index.device is 'cuda', but index.workers / --scheduler search on the workers' CPUs; "
+                              "use device: auto or cpu, or index.workers: 0")
+        chosen = "cpu"
+    else:
+        index, metadata = load_index(config.out, store)
+    if k >= metadata.ntotal:
+        raise FacekdError(f"knn_k is {k}; expected 1 .. {metadata.ntotal - 1} (the store has {metadata.ntotal} usable images)")
+    if index is not None:
+        set_search_parameters(index, nprobe, ef_search)
+        chosen, warning = search_device(config.device, faiss_has_gpu(), k + 1)
+        if warning:
+            log.warning(warning)
+        if chosen == "cuda":
+            index, chosen = _to_gpu(index, config.device)
     rows_of_index = usable_rows(store)
     bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
+    queries = _query_blocks(store, metadata.view, block_size)
+    client = None
+    try:
+        if on_dask:
+            client = dask_client(config.workers, 1, scheduler)
+            # dask starts workers with one OpenMP thread; they use as many as this process would.
+            threads = config.threads or faiss.omp_get_max_threads()
+            index_file = IndexFile(str(Path(config.out).resolve()), metadata.index_checksum, nprobe, ef_search, threads)
+            searched = _search_on_dask(client, index_file, queries, k + 1)
+        else:
+            searched = ((block, index.search(block.vectors, k + 1) if len(block.query_rows) else None) for block in queries)
 
-    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        for start in range(0, len(store), block_size):
-            stop = min(start + block_size, len(store))
-            block_neighbours = np.full((stop - start, k), -1, np.int64)
-            block_similarities = np.full((stop - start, k), np.nan, np.float32)
-            query_rows = start + np.flatnonzero(~store.skipped[start:stop])
-            if len(query_rows):
-                similarities, found = index.search(read_unit_vectors(store, query_rows, metadata.view), k + 1)
-                found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
-                found_rows, similarities = drop_self(found_rows, similarities, query_rows, k)
-                block_neighbours[query_rows - start] = found_rows
-                block_similarities[query_rows - start] = np.where(found_rows >= 0, similarities, np.nan)
-            bar.update(len(query_rows))
-            yield start, block_neighbours, block_similarities
+        def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            for block, result in searched:
+                bar.update(len(block.query_rows))
+                yield block.start, *_block_neighbours(block, result, rows_of_index, k)
 
-    attributes = dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search)
-    write_knn(knn_path, attributes, len(store), k, block_size, blocks())
-    bar.close()
+        attributes = dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search)
+        write_knn(knn_path, attributes, len(store), k, block_size, blocks())
+    except KeyboardInterrupt:
+        raise FacekdError(f"{knn_path}: interrupted; no kNN file written: run `facekd index` again") from None
+    finally:
+        bar.close()
+        if client is not None:
+            close_quietly(client)
     return KnnSummary(knn_path, chosen, k, len(rows_of_index))
+
+
+@dataclass(frozen=True)
+class QueryBlock:
+    """Store rows start:stop, of which `query_rows` are usable, and their unit vectors."""
+
+    start: int
+    stop: int
+    query_rows: np.ndarray
+    vectors: np.ndarray | None
+
+
+def _query_blocks(store: EmbeddingStore, view: str, block_size: int) -> Iterator[QueryBlock]:
+    for start in range(0, len(store), block_size):
+        stop = min(start + block_size, len(store))
+        query_rows = start + np.flatnonzero(~store.skipped[start:stop])
+        vectors = read_unit_vectors(store, query_rows, view) if len(query_rows) else None
+        yield QueryBlock(start, stop, query_rows, vectors)
+
+
+def _block_neighbours(
+    block: QueryBlock, result: tuple[np.ndarray, np.ndarray] | None, rows_of_index: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The block's store-row neighbours and similarities from FAISS's (similarities, index rows) of k + 1 results;
+    skipped rows hold -1 and NaN."""
+    block_neighbours = np.full((block.stop - block.start, k), -1, np.int64)
+    block_similarities = np.full((block.stop - block.start, k), np.nan, np.float32)
+    if result is not None:
+        similarities, found = result
+        found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
+        found_rows, similarities = drop_self(found_rows, similarities, block.query_rows, k)
+        block_neighbours[block.query_rows - block.start] = found_rows
+        block_similarities[block.query_rows - block.start] = np.where(found_rows >= 0, similarities, np.nan)
+    return block_neighbours, block_similarities
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """What a dask worker needs to load the index once and search it (picklable; `path` absolute)."""
+
+    path: str
+    checksum: str
+    nprobe: int
+    ef_search: int
+    threads: int
+
+
+_worker_index: dict[IndexFile, faiss.Index] = {}  # the one index a worker process holds, by what it was loaded from
+
+
+def _index_on_worker(index_file: IndexFile) -> faiss.Index:
+    """The index of `index_file`, read on this worker's first block and kept for the next ones."""
+    if index_file not in _worker_index:
+        _worker_index.clear()
+        if not Path(index_file.path).is_file() or file_checksum(Path(index_file.path)) != index_file.checksum:
+            raise FacekdError(
+                f"{index_file.path}: missing on this dask worker, or not the index the search was started with "
+                f"(checksum {index_file.checksum}); workers need the same file at the same path"
+            )
+        configure_faiss(index_file.threads)
+        index = faiss.read_index(index_file.path)
+        set_search_parameters(index, index_file.nprobe, index_file.ef_search)
+        _worker_index[index_file] = index
+    return _worker_index[index_file]
+
+
+def search_on_worker(index_file: IndexFile, vectors: np.ndarray, k_searched: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query block's (similarities, index rows) of `k_searched` results, searched on a dask worker."""
+    return _index_on_worker(index_file).search(vectors, k_searched)
+
+
+def _search_on_dask(
+    client: Any, index_file: IndexFile, queries: Iterator[QueryBlock], k_searched: int
+) -> Iterator[tuple[QueryBlock, tuple[np.ndarray, np.ndarray] | None]]:
+    """The query blocks with their results, in order; at most two blocks per worker in flight, so neither
+    queries nor results pile up in memory."""
+    window = 2 * max(1, len(client.scheduler_info()["workers"]))
+    run_id = uuid.uuid4().hex  # task keys unique on a cluster that other clients share
+    in_flight: deque[tuple[QueryBlock, Any]] = deque()
+    for block in queries:
+        future = None
+        if len(block.query_rows):
+            (vectors,) = client.scatter([block.vectors])  # sent as data, not inside the task graph
+            future = client.submit(
+                search_on_worker, index_file, vectors, k_searched, key=f"knn-block-{block.start}-{run_id}",
+            )
+        in_flight.append((block, future))
+        if len(in_flight) >= window:
+            done, future = in_flight.popleft()
+            yield done, future.result() if future is not None else None
+    while in_flight:
+        done, future = in_flight.popleft()
+        yield done, future.result() if future is not None else None
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:

@@ -2,6 +2,7 @@
 streamed from the store when a Flat index would not fit in `index.memory_gb`."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from pipeline.errors import FacekdError
@@ -10,6 +11,8 @@ from pipeline.stage_one.exact_knn import memory_budget_bytes, search_exact_strea
 from pipeline.stage_one.index import IndexMetadata, KnnSummary, build_index, search_knn
 from pipeline.stage_one.store import EmbeddingStore
 from pipeline.stage_one.store_views import usable_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,14 @@ class NeighbourSearch:
     flat_index_bytes: int  # what a Flat index of the store would hold
 
 
-def find_neighbours(config: IndexConfig, *, settings_file: str, progress: bool) -> NeighbourSearch:
+def find_neighbours(
+    config: IndexConfig, *, settings_file: str, progress: bool, scheduler: str | None = None
+) -> NeighbourSearch:
     """Search `config.knn_k` neighbours of every usable image of `config.store` into `config.knn`.
 
     `knn_k` is checked against the store before any index is built; `settings_file` (where `config`
-    came from) is named in that error.
+    came from) is named in that error. The index search runs on `config.workers` local dask workers or
+    the cluster at `scheduler` when given; the streamed exact search always runs in this process.
     """
     with EmbeddingStore(config.store) as store:
         usable = len(usable_rows(store))
@@ -37,7 +43,9 @@ def find_neighbours(config: IndexConfig, *, settings_file: str, progress: bool) 
         flat_index_bytes = usable * store.embedding_dim * 4
         if config.factory == "Flat" and flat_index_bytes > memory_budget_bytes(config.memory_gb):
             # An exact index would not fit: the same search, with the vectors read from the store block by block.
+            if config.workers or scheduler:
+                log.warning("the exact search streamed from the store runs in this process; index.workers / --scheduler are not used")
             knn = search_exact_streamed(store, config, backend=None, progress=progress)
             return NeighbourSearch(knn, None, flat_index_bytes)
         metadata = build_index(store, config, progress=progress)
-        return NeighbourSearch(search_knn(store, config, progress=progress), metadata, flat_index_bytes)
+        return NeighbourSearch(search_knn(store, config, progress=progress, scheduler=scheduler), metadata, flat_index_bytes)

@@ -185,3 +185,29 @@ def test_knn_file_bytes_are_reproducible(tmp_path: Path, random_store: Path) -> 
     assert (tmp_path / "knn.h5").read_bytes() == first
     with h5py.File(tmp_path / "knn.h5") as knn:
         assert knn["neighbours"].chunks == (50, 6)
+
+
+def test_search_on_dask_workers_writes_the_same_knn_file(tmp_path: Path, random_store: Path) -> None:
+    """Query blocks searched by 2 worker processes (each loading the index once): the kNN file is byte-identical."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        for factory in ("Flat", "IVF8,Flat"):
+            config = index_config(tmp_path, knn_k=10, rows_per_search=50, factory=factory, train_sample=300, nprobe=2)
+            with EmbeddingStore(random_store) as store:
+                build_index(store, config, progress=False)
+                search_knn(store, config, progress=False)
+                here = (tmp_path / "knn.h5").read_bytes()
+                search_knn(store, config, progress=False, scheduler=cluster.scheduler_address)
+                assert (tmp_path / "knn.h5").read_bytes() == here, factory
+    with EmbeddingStore(random_store) as store:  # a local cluster of index.workers processes, started and closed here
+        search_knn(store, config.model_copy(update={"workers": 2}), progress=False)
+    assert (tmp_path / "knn.h5").read_bytes() == here
+
+
+def test_search_on_workers_refuses_device_cuda(tmp_path: Path, random_store: Path) -> None:
+    config = index_config(tmp_path, knn_k=4, device="cuda", workers=2)
+    with EmbeddingStore(random_store) as store:
+        build_index(store, config.model_copy(update={"device": "cpu"}), progress=False)
+        with pytest.raises(FacekdError, match=r"index\.device is 'cuda'.*workers' CPUs"):
+            search_knn(store, config, progress=False)

@@ -153,3 +153,15 @@ def test_index_on_cuda_without_gpu_is_refused(tmp_path: Path, mined: Path) -> No
     store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
     result = CliRunner().invoke(cli, ["index", "--params", str(index_mine_params(tmp_path, store, device="cuda")), "--quiet"])
     assert result.exit_code == 1 and "device is 'cuda' but FAISS has no GPU support" in result.output
+
+
+def test_index_on_dask_workers_writes_the_same_knn_file(tmp_path: Path, mined: Path) -> None:
+    store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
+    params = index_mine_params(tmp_path, store, knn_k=5)
+    run_cli("index", "--params", str(params), "--quiet")
+    knn = Path(yaml.safe_load(params.read_text())["index"]["knn"])
+    here = knn.read_bytes()
+    assert "searched on cpu" in run_cli("index", "--params", str(params), "--workers", "2", "--quiet")
+    assert knn.read_bytes() == here
+    result = CliRunner().invoke(cli, ["index", "--params", str(params), "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert result.exit_code == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output
