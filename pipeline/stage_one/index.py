@@ -288,11 +288,12 @@ def search_knn(
     knn_path = Path(config.knn)
     on_dask = config.workers > 0 or scheduler is not None
     configure_faiss(config.threads)
+    rows_of_index = usable_rows(store)
     if on_dask:
         metadata, index = checked_metadata(config.out, store), None
-        if metadata.ntotal != len(usable_rows(store)):
+        if metadata.ntotal != len(rows_of_index):
             raise FacekdError(
-                f"{config.out}: holds {metadata.ntotal} vectors but {store.path} has {len(usable_rows(store))} usable images"
+                f"{config.out}: holds {metadata.ntotal} vectors but {store.path} has {len(rows_of_index)} usable images"
             )
         if config.device == "cuda":
             raise FacekdError("index.device is 'cuda', but index.workers / --scheduler search on the workers' CPUs; "
@@ -309,7 +310,6 @@ def search_knn(
             log.warning(warning)
         if chosen == "cuda":
             index, chosen = _to_gpu(index, config.device)
-    rows_of_index = usable_rows(store)
     bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
     queries = _query_blocks(store, metadata.view, block_size)
     client = None
