@@ -35,6 +35,11 @@ class _ConfigMeta(type(BaseModel)):  # pydantic's model metaclass
             raise FacekdError(f"{cls.__name__}: " + "; ".join(describe_errors(error))) from None
 
 
+# The most worker processes or threads a setting may ask for: more is a typo (a huge value would try
+# to start that many processes), not a machine.
+MOST_PROCESSES = 1024
+
+
 class ConfigModel(BaseModel, metaclass=_ConfigMeta):
     """Frozen, no unknown keys, strict types; direct construction raises `FacekdError` instead of pydantic's error.
 

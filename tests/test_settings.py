@@ -216,3 +216,10 @@ def test_values_of_the_wrong_type_are_reported_not_converted(tmp_path: Path) -> 
     assert len(lines) == len(expected), lines
     for fragment in expected:
         assert any(fragment in line for line in lines), (fragment, lines)
+
+
+def test_a_huge_process_count_is_refused(tmp_path: Path) -> None:
+    values = shipped()
+    values["embed"]["workers"] = 10**22
+    status, lines = facekd("embed", "--params", str(write(tmp_path, values)))
+    assert status == 1 and lines == [f"{tmp_path / 'params.yaml'}: embed.workers: {10**22} — expected less than or equal to 1024"], lines

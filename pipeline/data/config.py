@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from pipeline.config import ConfigModel
+from pipeline.config import MOST_PROCESSES, ConfigModel
 
 MIN_SIZE = 16  # pixels: the smallest synthetic image side accepted
 MAX_IDENTITIES_PER_SPLIT = 1_000_000  # each split's identities are numbered within a block of this size
@@ -27,7 +27,7 @@ class SynthConfig(ConfigModel):
         200, ge=1, le=MAX_IDENTITIES_PER_SPLIT, description="Identities of the verification pairs, seen by nobody in training.",
     )
     heldout_images: int = Field(10, ge=1, description="Images per held-out identity.")
-    workers: int = Field(2, ge=1, description="Processes that draw and encode images.")
+    workers: int = Field(2, ge=1, le=MOST_PROCESSES, description="Processes that draw and encode images.")
 
 
 class VerificationConfig(ConfigModel):

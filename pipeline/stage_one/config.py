@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config import ConfigModel
+from pipeline.config import MOST_PROCESSES, ConfigModel
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -32,8 +32,8 @@ class EmbedConfig(ConfigModel):
     )
     resize: bool = Field(False, description="Resize images to the teacher's input size.")
     device: Device = Field("auto", description="ONNX Runtime provider.")
-    workers: int = Field(2, ge=0, description="Local dask worker processes; 0: in this process.")
-    threads_per_worker: int = Field(1, ge=0, description="ONNX Runtime threads of each worker; 0: ONNX Runtime's default.")
+    workers: int = Field(2, ge=0, le=MOST_PROCESSES, description="Local dask worker processes; 0: in this process.")
+    threads_per_worker: int = Field(1, ge=0, le=MOST_PROCESSES, description="ONNX Runtime threads of each worker; 0: ONNX Runtime's default.")
     images_per_block: int = Field(
         1024, gt=0, description="Images per block: the unit of work, of the HDF5 chunk and of resume.",
     )
@@ -61,11 +61,11 @@ class IndexConfig(ConfigModel):
     ef_search: int = Field(128, gt=0, description="HNSW search breadth.")
     knn_k: int = Field(32, gt=0, description="Neighbours kept per image (k + 1 are searched; GPU limit 2048).")
     rows_per_search: int = Field(65536, gt=0, description="Store rows read and searched at once.")
-    threads: int = Field(0, ge=0, description="FAISS threads; 0: all cores.")
+    threads: int = Field(0, ge=0, le=MOST_PROCESSES, description="FAISS threads; 0: all cores.")
     device: Device = Field("auto", description="Where the search runs.")
     seed: int = Field(0, ge=0, description="Seed of the IVF/PQ training sample.")
     workers: int = Field(
-        0, ge=0, description="Local dask worker processes searching query blocks, each loading the index once "
+        0, ge=0, le=MOST_PROCESSES, description="Local dask worker processes searching query blocks, each loading the index once "
         "(index.threads FAISS threads each, 0: this machine's cores; CPU only); 0: in this process. "
         "The streamed exact search always runs in this process.",
     )

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.config import ConfigModel, InvalidSetting
+from pipeline.config import MOST_PROCESSES, ConfigModel, InvalidSetting
 
 # pipeline.stage_two.models.BACKBONE_NAMES, spelt out so that validating settings does not import torch
 Backbone = Literal["mobilefacenet", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
@@ -95,8 +95,8 @@ class TrainConfig(ConfigModel):
         "random", description="random, or pairs: half anchors, half their mined partners.",
     )
     flip: bool = Field(True, description="Random horizontal flips.")
-    num_workers: int = Field(0, ge=0, description="Loader processes.")
-    threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0: torch's default (all cores).")
+    num_workers: int = Field(0, ge=0, le=MOST_PROCESSES, description="Loader processes.")
+    threads: int = Field(0, ge=0, le=MOST_PROCESSES, description="torch intra-op threads per process; 0: torch's default (all cores).")
     compile: bool = Field(False, description="torch.compile the backbone (probed first; eager where unsafe).")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
@@ -179,7 +179,7 @@ class TeacherSection(_TrainingSection):
     out: str = Field("data/teacher", description="Folder of the teacher's checkpoint, log and model.onnx.")
     backbone: Backbone = Field("iresnet18", description="Teacher backbone.")
     num_workers: int = Field(
-        1, ge=0, description="Loader processes: one decodes the next batch (same weights, ~10% faster here).",
+        1, ge=0, le=MOST_PROCESSES, description="Loader processes: one decodes the next batch (same weights, ~10% faster here).",
     )
     compile: bool = Field(
         True, description="torch.compile: ~1.8x faster on CPU after a ~1 min compile, where a probe finds it safe.",
