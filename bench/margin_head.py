@@ -1,11 +1,13 @@
 """Benchmark of the margin head's step: the full softmax vs Partial FC, measured in the same run.
 
-  python bench/margin_head.py [--classes 85000] [--rates 0.1 0.3] [--repeats 10]
+  python bench/margin_head.py [--classes 85000] [--rates 0.1 0.3] [--repeats 10] [--ranks 2]
 
 Times forward + backward of the head alone (CosFace, s = 64) on random 512-d embeddings, batch
 128, labels drawn at random: the cost that grows with the number of identities, without the
 backbone's. Heads are timed interleaved (full, then each rate, repeated), so a machine shared
 with other jobs slows them alike; the median of each is printed with its ratio to the full head.
+Then the head sharded over `--ranks` gloo processes (each with its share of the threads and of
+the global batch, as under torchrun), at rate 1 and each rate: per repeat the slowest rank's time.
 """
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ import argparse
 import statistics
 import time
 
-import torch
+import socket
+from multiprocessing.queues import SimpleQueue
 
-from pipeline.stage_two.losses import margin_head
+import torch
+import torch.distributed as dist
+import torch.multiprocessing
+
+from pipeline.stage_two.losses import ShardedMarginHead, margin_head, margin_values
 
 
 def step_seconds(head: torch.nn.Module, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
@@ -26,6 +33,36 @@ def step_seconds(head: torch.nn.Module, embeddings: torch.Tensor, labels: torch.
     return time.perf_counter() - started
 
 
+def global_batch(args: argparse.Namespace, repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(repeat)
+    return torch.randn(args.batch, args.dim, generator=generator), torch.randint(0, args.classes, (args.batch,), generator=generator)
+
+
+def sharded_times(rank: int, args: argparse.Namespace, port: int, threads: int, results: SimpleQueue) -> None:
+    """One rank: its share of each repeat's global batch through sharded heads; rank 0 puts the slowest rank's times."""
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ranks)
+    heads = {
+        f"sharded over {args.ranks} ranks{'' if rate == 1.0 else f', partial {rate}'}": ShardedMarginHead(
+            args.dim, args.classes, rank, args.ranks, rate, **margin_values("cosface")
+        )
+        for rate in (1.0, *args.rates)
+    }
+    times: dict[str, list[float]] = {name: [] for name in heads}
+    mine = slice(rank * args.batch // args.ranks, (rank + 1) * args.batch // args.ranks)
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        embeddings, labels = global_batch(args, repeat)
+        for name, head in heads.items():
+            dist.barrier()
+            slowest = torch.tensor(step_seconds(head, embeddings[mine].clone(), labels[mine]), dtype=torch.float64)
+            dist.all_reduce(slowest, dist.ReduceOp.MAX)
+            if repeat:
+                times[name].append(slowest.item())
+    if rank == 0:
+        results.put(times)
+    dist.destroy_process_group()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=85000)
@@ -33,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--ranks", type=int, default=2, help="also time the head sharded over this many processes; 1: not")
     args = parser.parse_args()
     torch.manual_seed(0)
     heads = {"full": margin_head("cosface", args.dim, args.classes)} | {
@@ -40,15 +78,24 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in heads}
     for repeat in range(args.repeats + 1):  # the first round warms up
-        embeddings = torch.randn(args.batch, args.dim)
-        labels = torch.randint(0, args.classes, (args.batch,))
+        embeddings, labels = global_batch(args, repeat)
         for name, head in heads.items():
             seconds = step_seconds(head, embeddings.detach().clone(), labels)
             if repeat:
                 times[name].append(seconds)
+    del heads
+    threads = max(1, torch.get_num_threads() // args.ranks)
+    if args.ranks > 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        results = torch.multiprocessing.get_context("spawn").SimpleQueue()
+        torch.multiprocessing.spawn(sharded_times, (args, port, threads, results), nprocs=args.ranks)
+        times |= results.get()
     full = statistics.median(times["full"])
     print(f"margin head forward + backward, {args.classes} classes, batch {args.batch}, dim {args.dim}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats:")
+          f"{torch.get_num_threads()} threads (sharded: {args.ranks} processes x {threads}), "
+          f"median of {args.repeats} repeats:")
     for name, samples in times.items():
         seconds = statistics.median(samples)
         print(f"  {name}: {1000 * seconds:.1f} ms ({full / seconds:.1f}x faster than the full head)")

@@ -5,23 +5,24 @@ from torch import Tensor, nn
 
 from pipeline.stage_two.config import TrainConfig
 from pipeline.stage_two.distill import Distiller
-from pipeline.stage_two.losses import margin_head
+from pipeline.stage_two.losses import CombinedMarginHead, ShardedMarginHead, margin_head, margin_values
 from pipeline.stage_two.models import build_backbone
 
 
 class StudentModel(nn.Module):
-    """Backbone + margin head + KD terms in one module, so DDP synchronises all their gradients."""
+    """Backbone + margin head + KD terms in one module, so DDP synchronises their gradients.
 
-    def __init__(self, config: TrainConfig, input_size: int, num_classes: int, teacher_dim: int | None) -> None:
+    Except the class centres: with several ranks (`world_size` > 1) the margin head is a
+    `ShardedMarginHead`, each rank holding and updating its own range of them (`sharded_parameter_names`).
+    """
+
+    def __init__(
+        self, config: TrainConfig, input_size: int, num_classes: int, teacher_dim: int | None, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         super().__init__()
         self.backbone = build_backbone(config.backbone, config.embedding_dim, input_size, config.width)
-        self.head = (
-            margin_head(
-                config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value,
-                config.margin_sample_rate, config.seed,
-            )
-            if config.margin_weight > 0 else None
-        )
+        self.head = _margin_head(config, num_classes, rank, world_size) if config.margin_weight > 0 else None
         self.margin_weight = config.margin_weight
         self.distiller = (
             Distiller(config.distillation, config.embedding_dim, teacher_dim, num_classes, config.epochs)
@@ -38,3 +39,20 @@ class StudentModel(nn.Module):
         if self.distiller is not None:
             terms.update(self.distiller(embeddings, targets, labels, indices, epoch))
         return embeddings, terms
+
+    def sharded_parameter_names(self) -> list[str]:
+        """Parameters of which each rank holds its own part: DDP must neither broadcast nor average them."""
+        return ["head.weight"] if isinstance(self.head, ShardedMarginHead) else []
+
+
+def _margin_head(config: TrainConfig, num_classes: int, rank: int, world_size: int) -> CombinedMarginHead:
+    """The full (or Partial FC) head on one process; over several ranks, the head sharded across them."""
+    if world_size > 1:
+        return ShardedMarginHead(
+            config.embedding_dim, num_classes, rank, world_size, config.margin_sample_rate, config.seed,
+            **margin_values(config.margin, config.margin_scale, config.margin_value),
+        )
+    return margin_head(
+        config.margin, config.embedding_dim, num_classes, config.margin_scale, config.margin_value,
+        config.margin_sample_rate, config.seed,
+    )

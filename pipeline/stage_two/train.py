@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pipeline.stage_two.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.data.dataset import FaceDataset
 from pipeline.stage_two.config import IMAGES_MEMORY_BYTES, TrainConfig
-from pipeline.stage_two.distributed import init_distributed
+from pipeline.stage_two.distributed import init_distributed, norm_over_ranks
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer, opened_atomically, write_text_atomically
 from pipeline.source_closure import import_closure
@@ -41,6 +41,7 @@ from pipeline.stage_two.sampler import PairBatchSampler, RandomBatchSampler
 from pipeline.stage_two.schedule import learning_rate
 from pipeline.stage_two.student import StudentModel
 from pipeline.stage_two.training_data import TeacherTargets, TrainingImages, decode_in_memory, normalise_images
+from pipeline.stage_two.training_state import gathered_state, load_state
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,12 @@ def _train(
     input_size = first_image.shape[0]
     fingerprint = run_fingerprint(config, dataset, targets, pair_offsets, pair_partners)
     torch.manual_seed(config.seed)
-    model = StudentModel(config, input_size, dataset.num_identities, targets.dim if targets else None).to(device)
+    model = StudentModel(
+        config, input_size, dataset.num_identities, targets.dim if targets else None, rank, world_size
+    ).to(device)
+    sharded_names = model.sharded_parameter_names()
+    replicated = [parameter for name, parameter in model.named_parameters() if name not in sharded_names]
+    sharded = [parameter for name, parameter in model.named_parameters() if name in sharded_names]
     base_lr = config.optim.lr * config.batch_size / 512
     optimizer = torch.optim.SGD(
         model.parameters(), lr=base_lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
@@ -192,8 +198,7 @@ def _train(
     checkpoint = load_checkpoint(checkpoint_path, device)
     if checkpoint is not None:
         if checkpoint.get("run_fingerprint") == fingerprint and checkpoint["world_size"] == world_size:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            load_state(model, optimizer, checkpoint["model"], checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["rng_state"])
             start_epoch, history = checkpoint["epoch"], checkpoint["history"]
             if rank == 0:
@@ -202,6 +207,10 @@ def _train(
             log.warning("%s was made with other settings, data, code or world size; training from scratch", checkpoint_path)
     if config.compile:
         model.backbone.compile()
+    if world_size > 1:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sharded_names)
+        if rank == 0 and sharded_names:
+            log.info("margin head: %d class centres sharded over %d ranks", dataset.num_identities, world_size)
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
     images = decode_in_memory(dataset, usable, images_memory_bytes, progress and rank == 0)
     loader = DataLoader(
@@ -229,10 +238,11 @@ def _train(
                 raise FacekdError(non_finite_loss_message(dataset, terms, batch_targets, indices, epoch, step, global_step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.optim.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad_norm)
+            if config.optim.clip_grad_norm > 0:  # the norm over every rank's centres: replicas stay alike
+                gradient_norm = norm_over_ranks(_gradients(replicated), _gradients(sharded))
+                nn.utils.clip_grads_with_norm_(model.parameters(), config.optim.clip_grad_norm, gradient_norm)
             optimizer.step()
-            weight_norm = nn.utils.get_total_norm(model.parameters())  # NaN, or inf once a weight passes ~1e19
+            weight_norm = norm_over_ranks(replicated, sharded)  # NaN, or inf once a weight passes ~1e19
             if not torch.isfinite(weight_norm):
                 raise FacekdError(
                     f"the weights diverged in the update of epoch {epoch + 1}, step {step} (their norm became "
@@ -256,10 +266,11 @@ def _train(
             {"epoch": epoch + 1, "lr": lr, "samples_per_second": steps_per_epoch * config.batch_size / seconds}
             | {name: value / steps_per_epoch for name, value in sums.items()}
         )
+        model_state, optimizer_state = gathered_state(model, optimizer)
         if rank == 0:
             save_checkpoint(
                 {
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1, "model": model_state, "optimizer": optimizer_state,
                     "rng_state": torch.get_rng_state(), "history": history, "world_size": world_size,
                     "run_fingerprint": fingerprint, "config": config.model_dump(),
                 },
@@ -288,6 +299,10 @@ def _train(
     if dist.is_initialized():
         dist.destroy_process_group()
     return TrainResult(out_dir, start_epoch, metrics)
+
+
+def _gradients(parameters: list[nn.Parameter]) -> list[Tensor]:
+    return [parameter.grad for parameter in parameters if parameter.grad is not None]
 
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:

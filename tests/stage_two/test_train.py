@@ -3,6 +3,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -287,3 +288,64 @@ def test_partial_fc_draws_are_seeded_and_checkpointed(tmp_path: Path) -> None:
     first, second = (read_checkpoint(tmp_path / run / CHECKPOINT)["model"] for run in ("first", "second"))
     assert int(first["head.step"]) == 2 * (40 // 8)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+class CrashingFolder(ImageFolderDataset):
+    """Raises at its `crash_at`-th image load (0: never), as a run that dies in the middle of an epoch."""
+
+    def __init__(self, root: Path, crash_at: int) -> None:
+        super().__init__(root)
+        self.crash_at, self.loads = crash_at, 0
+
+    def load(self, index: int) -> np.ndarray:
+        self.loads += 1
+        if self.loads == self.crash_at:
+            raise RuntimeError("the run dies here")
+        return super().load(index)
+
+
+def _train_rank(rank: int, port: int, config: TrainConfig, faces: Path, out: Path, crash_at: int) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    result = train(config, CrashingFolder(faces, crash_at), out, images_memory_bytes=0, progress=False)
+    if rank == 0:
+        (out / "resumed_from_epoch").write_text(str(result.resumed_from_epoch))
+
+
+def _train_on_two_ranks(config: TrainConfig, faces: Path, out: Path, crash_at: int = 0) -> None:
+    """`train` in 2 forked processes of one gloo group, as under `torchrun --nproc_per_node=2`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.start_processes(
+        _train_rank, (port, config, faces, out, crash_at), nprocs=2, start_method="fork"
+    )
+
+
+def test_two_rank_sharded_head_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Over 2 ranks each holds half of the class centres (and their momentum); the checkpoint holds
+    them all, and a run that died in its second epoch resumes to the uninterrupted run's state."""
+    faces = write_face_folder(tmp_path / "faces", identities=20, images=2)
+    config = TrainConfig(
+        backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=2, batch_size=8, threads=1,
+        margin_sample_rate=0.3, optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
+    )
+    # per rank: 1 load to read the image size, then 4 a step, 5 steps an epoch: the 30th is in epoch 2, step 3
+    with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="the run dies here"):
+        _train_on_two_ranks(config, faces, tmp_path / "resumed", crash_at=30)
+    assert read_checkpoint(tmp_path / "resumed" / CHECKPOINT)["epoch"] == 1
+    _train_on_two_ranks(config, faces, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "resumed_from_epoch").read_text() == "1"
+    _train_on_two_ranks(config, faces, tmp_path / "whole")
+    assert (tmp_path / "whole" / "resumed_from_epoch").read_text() == "0"
+
+    resumed, whole = (read_checkpoint(tmp_path / run / CHECKPOINT) for run in ("resumed", "whole"))
+    assert whole["world_size"] == 2 and whole["model"]["head.weight"].shape == (20, 8)
+    assert int(whole["model"]["head.step"]) == 2 * 5  # each rank sampled at every step
+    assert resumed["model"].keys() == whole["model"].keys()
+    for name in whole["model"]:
+        assert torch.equal(resumed["model"][name], whole["model"][name]), f"{name} differs after resuming"
+    head_momentum = [state["momentum_buffer"] for state in whole["optimizer"]["state"].values()
+                     if state["momentum_buffer"].shape == (20, 8)]
+    assert len(head_momentum) == 1, "the checkpoint lacks the momentum of every rank's centres"
+    for index, state in whole["optimizer"]["state"].items():
+        assert torch.equal(resumed["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])

@@ -56,6 +56,17 @@ def combined_margin_logits(
     return s * margin_cosine
 
 
+def sample_classes(positives: Tensor, num_classes: int, num_sampled: int, seed: list[int]) -> Tensor:
+    """Sorted indices of `num_sampled` of `num_classes` classes: every one of the sorted `positives`,
+    the rest drawn at random from `seed` (all positives when they alone fill the sample)."""
+    if positives.numel() >= num_sampled:
+        return positives
+    draw = np.random.default_rng(seed).random(num_classes, dtype=np.float32)
+    scores = torch.from_numpy(draw).to(positives.device)
+    scores[positives] = 2.0  # above every draw in [0, 1): always kept
+    return scores.topk(num_sampled).indices.sort().values
+
+
 class CombinedMarginHead(nn.Module):
     """Class-centre classifier trained with the combined margin softmax (insightface).
 
@@ -116,14 +127,7 @@ class PartialMarginHead(CombinedMarginHead):
 
     def sample_classes(self, labels: Tensor) -> Tensor:
         """Sorted indices of this step's centres: the batch's classes plus random others."""
-        num_classes = self.weight.shape[0]
-        positives = torch.unique(labels)
-        if positives.numel() >= self.num_sampled:
-            return positives
-        draw = np.random.default_rng([self.seed, int(self.step)]).random(num_classes, dtype=np.float32)
-        scores = torch.from_numpy(draw).to(labels.device)
-        scores[positives] = 2.0  # above every draw in [0, 1): always kept
-        return scores.topk(self.num_sampled).indices.sort().values
+        return sample_classes(torch.unique(labels), self.weight.shape[0], self.num_sampled, [self.seed, int(self.step)])
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if not self.training or self.num_sampled == self.weight.shape[0]:
@@ -147,10 +151,14 @@ def margin_head(
     """ArcFace (additive angular margin m2, default 0.5) or CosFace (additive cosine margin
     m3, default 0.35) as a `CombinedMarginHead`; with `sample_rate` < 1 a `PartialMarginHead`
     that samples that fraction of the centres at every step (seeded by `seed`)."""
+    if sample_rate != 1.0:
+        return PartialMarginHead(embedding_dim, num_classes, sample_rate, seed, **margin_values(kind, s, margin))
+    return CombinedMarginHead(embedding_dim, num_classes, **margin_values(kind, s, margin))
+
+
+def margin_values(kind: str, s: float = 64.0, margin: float | None = None) -> dict[str, float]:
+    """The scale and margins of a `CombinedMarginHead` for ArcFace (m2) or CosFace (m3); `margin` None: the default."""
     if kind not in DEFAULT_MARGINS:
         raise FacekdError(f"margin head kind must be one of {sorted(DEFAULT_MARGINS)}, got {kind!r}")
     margin = DEFAULT_MARGINS[kind] if margin is None else margin
-    margins = {"s": s, "m2": margin} if kind == "arcface" else {"s": s, "m2": 0.0, "m3": margin}
-    if sample_rate != 1.0:
-        return PartialMarginHead(embedding_dim, num_classes, sample_rate, seed, **margins)
-    return CombinedMarginHead(embedding_dim, num_classes, **margins)
+    return {"s": s, "m2": margin} if kind == "arcface" else {"s": s, "m2": 0.0, "m3": margin}
