@@ -1,4 +1,5 @@
-"""The dask client of the stages that fan work out to worker processes (`facekd embed`, `facekd index`).
+"""The dask client of the stages that fan work out to worker processes (`facekd embed`, `facekd index`,
+`facekd mine`).
 
 Either the cluster at a given scheduler address (the user's; it keeps running afterwards) or a
 local cluster of worker processes started for one command and closed with it.
@@ -7,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+import uuid
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from pipeline.errors import FacekdError
+
+Result = TypeVar("Result")
 
 
 def dask_client(workers: int, threads_per_worker: int, scheduler: str | None) -> Any:
@@ -51,3 +56,22 @@ def close_quietly(client: Any) -> None:
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
+
+
+def map_in_order(
+    client: Any, function: Callable[..., Result], argument_tuples: Iterable[tuple], name: str
+) -> Iterator[Result]:
+    """`function(*arguments)` for each tuple, run on the cluster's workers, results yielded in the tuples' order.
+
+    At most two tasks per worker are in flight, so results never pile up in memory. The arguments travel
+    inside the task graph: keep them small (paths, row ranges) and let `function` read its data itself.
+    """
+    window = 2 * max(1, len(client.scheduler_info()["workers"]))
+    run_id = uuid.uuid4().hex  # task keys unique on a cluster that other clients share
+    in_flight: deque[Any] = deque()
+    for position, arguments in enumerate(argument_tuples):
+        in_flight.append(client.submit(function, *arguments, key=f"{name}-{position}-{run_id}"))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()

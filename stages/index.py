@@ -14,7 +14,9 @@ from stages.params import load_settings, required
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(params_path: str, workers: int | None, scheduler: str | None, quiet: bool) -> None:
     """Build the index (params: index.factory) and search all-vs-all kNN into index.knn."""
+    from pipeline.stage_one.index import SearchBreadth
     from pipeline.stage_one.neighbours import find_neighbours
+    from pipeline.stage_one.recall_target import recall_report
 
     config = required(load_settings(params_path), params_path, "index")
     if workers is not None:
@@ -27,4 +29,6 @@ def index(params_path: str, workers: int | None, scheduler: str | None, quiet: b
                    f"exact search streamed from the store on {knn.device}")
         return
     click.echo(f"{config.out}: {search.index.factory} index of {search.index.ntotal} images ({search.index.view} view)")
+    if search.index.search_breadth != SearchBreadth():
+        click.echo(f"{config.out}: {recall_report(search.index.search_breadth, config.knn_k, config.recall_target)}")
     click.echo(f"{knn.knn_path}: {knn.k} nearest neighbours of {knn.num_queries} images, searched on {knn.device}")

@@ -59,6 +59,11 @@ class IndexConfig(ConfigModel):
     train_sample: int = Field(100_000, gt=0, description="Vectors that train IVF/PQ indexes (ignored by Flat/HNSW).")
     nprobe: int = Field(16, gt=0, description="IVF lists searched per query.")
     ef_search: int = Field(128, gt=0, description="HNSW search breadth.")
+    recall_target: float | None = Field(
+        0.95, gt=0, le=1, description="nprobe (IVF) / ef_search (HNSW) are doubled from their setting until recall@knn_k "
+        "against exact search reaches this; null: searched as set, recall not measured.",
+    )
+    recall_queries: int = Field(1000, gt=0, description="Sampled images (seed: index.seed) on which that recall is measured.")
     knn_k: int = Field(32, gt=0, description="Neighbours kept per image (k + 1 are searched; GPU limit 2048).")
     rows_per_search: int = Field(65536, gt=0, description="Store rows read and searched at once.")
     threads: int = Field(0, ge=0, le=MOST_PROCESSES, description="FAISS threads; 0: all cores.")
@@ -85,6 +90,10 @@ class MineConfig(ConfigModel):
     )
     histogram_bins: int = Field(50, gt=0, description="Bins of the similarity histogram.")
     rows_per_block: int = Field(65536, gt=0, description="Store rows read and mined at once.")
+    workers: int = Field(
+        0, ge=0, le=MOST_PROCESSES, description="Local dask worker processes mining the hard positives, batch by "
+        "batch (each reads its batch from the store; this process writes every output); 0: in this process.",
+    )
     out: str = Field("data/pairs/pairs.h5", description="The pair table.")
     summary: str = Field("data/pairs/mining_summary.json", description="Counts and similarity statistics (DVC metrics).")
     histogram: str = Field("data/pairs/similarity_histogram.csv", description="Similarity histogram (DVC plots).")

@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -46,8 +46,20 @@ FLAT_DATABASE_BLOCK = 16384  # database rows per BLAS block of an exact search (
 
 
 @dataclass(frozen=True)
+class SearchBreadth:
+    """How an index is searched: nprobe (IVF) and efSearch (HNSW), None where the index has no such knob;
+    and the recall@knn_k measured against exact search on `recall_queries` sampled images (None, 0: not measured)."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    recall: float | None = None
+    recall_queries: int = 0
+
+
+@dataclass(frozen=True)
 class IndexMetadata:
-    """The sidecar of an index file: which store it indexes and how."""
+    """The sidecar of an index file: which store it indexes and how, and how it is searched (`search_knn` uses
+    the sidecar's nprobe / ef_search, chosen when the index was built)."""
 
     store_provenance_hash: str
     store_path: str
@@ -60,6 +72,14 @@ class IndexMetadata:
     seed: int
     faiss_version: str
     index_checksum: str  # of the index file's bytes
+    nprobe: int | None
+    ef_search: int | None
+    recall: float | None
+    recall_queries: int
+
+    @property
+    def search_breadth(self) -> SearchBreadth:
+        return SearchBreadth(self.nprobe, self.ef_search, self.recall, self.recall_queries)
 
 
 @dataclass(frozen=True)
@@ -97,20 +117,33 @@ def _training_vectors(store: EmbeddingStore, view: str, train_sample: int, seed:
     return np.concatenate(parts)
 
 
-def build_index(store: EmbeddingStore, config: IndexConfig, *, progress: bool) -> IndexMetadata:
-    """Build the `config.factory` index (any faiss.index_factory string) over the store; write it atomically to `config.out`."""
+def build_index(
+    store: EmbeddingStore, config: IndexConfig, *, progress: bool,
+    choose_search_breadth: Callable[[faiss.Index], SearchBreadth] | None = None,
+) -> IndexMetadata:
+    """Build the `config.factory` index (any faiss.index_factory string) over the store; write it atomically to `config.out`.
+
+    It is searched with `choose_search_breadth(index)` (`find_neighbours`: tuned to `config.recall_target`,
+    pipeline/stage_one/recall_target.py), or with `config.nprobe` / `config.ef_search` as set.
+    """
     index_path = Path(config.out)
     with exclusive_writer(index_path):
-        return _build_index(
+        index, trained_on = _built_index(
             store, index_path, config.factory, config.view, config.train_sample, config.seed, config.rows_per_search,
             config.threads, progress,
         )
+        if choose_search_breadth is None:
+            breadth = set_search_parameters(index, config.nprobe, config.ef_search)
+        else:
+            breadth = choose_search_breadth(index)
+        return publish_index(index, index_path, store, config.factory, config.view, trained_on, config.seed, breadth)
 
 
-def _build_index(
+def _built_index(
     store: EmbeddingStore, index_path: Path, factory: str, view: str, train_sample: int, seed: int,
     block_size: int, threads: int, progress: bool,
-) -> IndexMetadata:
+) -> tuple[faiss.Index, int]:
+    """The index, trained and filled in memory, and the number of vectors it was trained on."""
     configure_faiss(threads)
     if not usable_rows(store).size:
         raise FacekdError(f"{store.path}: every image is skipped; nothing to index")
@@ -132,18 +165,19 @@ def _build_index(
         index.add(vectors)
         bar.update(len(block_rows))
     bar.close()
-    return publish_index(index, index_path, store, factory, view, trained_on, seed)
+    return index, trained_on
 
 
 def publish_index(
-    index: faiss.Index, index_path: Path, store: EmbeddingStore, factory: str, view: str, train_sample: int, seed: int
+    index: faiss.Index, index_path: Path, store: EmbeddingStore, factory: str, view: str, train_sample: int, seed: int,
+    breadth: SearchBreadth = SearchBreadth(),
 ) -> IndexMetadata:
-    """Write the index file atomically, then its sidecar with the file's checksum and provenance."""
+    """Write the index file atomically, then its sidecar with the file's checksum, provenance and search breadth."""
     index_checksum = write_index_file(index, index_path)
     metadata = IndexMetadata(
         store_provenance_hash=store.provenance_hash, store_path=str(store.path), factory=factory, view=view,
         metric=METRIC, ntotal=int(index.ntotal), dim=store.embedding_dim, train_sample=train_sample, seed=seed,
-        faiss_version=faiss.__version__, index_checksum=index_checksum,
+        faiss_version=faiss.__version__, index_checksum=index_checksum, **asdict(breadth),
     )
     write_text_atomically(metadata_path(index_path), json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
     return metadata
@@ -210,16 +244,17 @@ def load_index(index_path: str | Path, store: EmbeddingStore) -> tuple[faiss.Ind
     return index, metadata
 
 
-def set_search_parameters(index: faiss.Index, nprobe: int, ef_search: int) -> dict[str, int]:
-    """Set nprobe (IVF) and efSearch (HNSW, also an HNSW coarse quantizer) where the index has them."""
+def set_search_parameters(index: faiss.Index, nprobe: int | None, ef_search: int | None) -> SearchBreadth:
+    """Set nprobe (IVF) and efSearch (HNSW, also an HNSW coarse quantizer) where the index has them and the
+    value is not None; what was set."""
     space = faiss.ParameterSpace()
     space.initialize(index)
     available = {space.parameter_ranges.at(i).name for i in range(space.parameter_ranges.size())}
     wanted = {"nprobe": nprobe, "efSearch": ef_search, "quantizer_efSearch": ef_search}
-    applied = {name: value for name, value in wanted.items() if name in available}
+    applied = {name: value for name, value in wanted.items() if name in available and value is not None}
     for name, value in applied.items():
         space.set_index_parameter(index, name, value)
-    return applied
+    return SearchBreadth(applied.get("nprobe"), applied.get("efSearch", applied.get("quantizer_efSearch")))
 
 
 def faiss_has_gpu() -> bool:
@@ -280,11 +315,12 @@ def search_knn(
     The query blocks (`config.rows_per_search` rows) are searched in this process (`config.workers`
     0, no `scheduler`), or as tasks on `config.workers` local dask worker processes or the cluster at
     `scheduler`, each worker reading the index file once; either way this process writes the blocks
-    in order. Each worker searches with this process's number of FAISS threads (`config.threads`; 0: this
-    machine's cores), since BLAS sums in another order with another thread count: the kNN file is
-    byte-identical to the one searched here.
+    in order, and the index is searched with its sidecar's nprobe / ef_search. Each worker searches
+    with this process's number of FAISS threads (`config.threads`; 0: this machine's cores), since
+    BLAS sums in another order with another thread count: the kNN file is byte-identical to the one
+    searched here.
     """
-    k, nprobe, ef_search, block_size = config.knn_k, config.nprobe, config.ef_search, config.rows_per_search
+    k, block_size = config.knn_k, config.rows_per_search
     knn_path = Path(config.knn)
     on_dask = config.workers > 0 or scheduler is not None
     configure_faiss(config.threads)
@@ -304,7 +340,7 @@ def search_knn(
     if k >= metadata.ntotal:
         raise FacekdError(f"knn_k is {k}; expected 1 .. {metadata.ntotal - 1} (the store has {metadata.ntotal} usable images)")
     if index is not None:
-        set_search_parameters(index, nprobe, ef_search)
+        set_search_parameters(index, metadata.nprobe, metadata.ef_search)
         chosen, warning = search_device(config.device, faiss_has_gpu(), k + 1)
         if warning:
             log.warning(warning)
@@ -318,7 +354,9 @@ def search_knn(
             client = dask_client(config.workers, 1, scheduler)
             # dask starts workers with one OpenMP thread; they use as many as this process would.
             threads = config.threads or faiss.omp_get_max_threads()
-            index_file = IndexFile(str(Path(config.out).resolve()), metadata.index_checksum, nprobe, ef_search, threads)
+            index_file = IndexFile(
+                str(Path(config.out).resolve()), metadata.index_checksum, metadata.nprobe, metadata.ef_search, threads,
+            )
             searched = _search_on_dask(client, index_file, queries, k + 1)
         else:
             searched = ((block, index.search(block.vectors, k + 1) if len(block.query_rows) else None) for block in queries)
@@ -328,8 +366,7 @@ def search_knn(
                 bar.update(len(block.query_rows))
                 yield block.start, *_block_neighbours(block, result, rows_of_index, k)
 
-        attributes = dict(asdict(metadata), k=k, nprobe=nprobe, ef_search=ef_search)
-        write_knn(knn_path, attributes, len(store), k, block_size, blocks())
+        write_knn(knn_path, dict(asdict(metadata), k=k), len(store), k, block_size, blocks())
     except KeyboardInterrupt:
         raise FacekdError(f"{knn_path}: interrupted; no kNN file written: run `facekd index` again") from None
     finally:
@@ -365,12 +402,20 @@ def _block_neighbours(
     block_neighbours = np.full((block.stop - block.start, k), -1, np.int64)
     block_similarities = np.full((block.stop - block.start, k), np.nan, np.float32)
     if result is not None:
-        similarities, found = result
-        found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
-        found_rows, similarities = drop_self(found_rows, similarities, block.query_rows, k)
+        found_rows, similarities = found_store_rows(result, rows_of_index, block.query_rows, k)
         block_neighbours[block.query_rows - block.start] = found_rows
         block_similarities[block.query_rows - block.start] = np.where(found_rows >= 0, similarities, np.nan)
     return block_neighbours, block_similarities
+
+
+def found_store_rows(
+    result: tuple[np.ndarray, np.ndarray], rows_of_index: np.ndarray, query_rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's (similarities, index rows) of k + 1 results per query -> the k best other store rows (-1: none
+    found) and their similarities."""
+    similarities, found = result
+    found_rows = np.where(found >= 0, rows_of_index[np.maximum(found, 0)], -1)
+    return drop_self(found_rows, similarities, query_rows, k)
 
 
 @dataclass(frozen=True)
@@ -379,8 +424,8 @@ class IndexFile:
 
     path: str
     checksum: str
-    nprobe: int
-    ef_search: int
+    nprobe: int | None
+    ef_search: int | None
     threads: int
 
 

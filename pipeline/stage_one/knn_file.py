@@ -32,10 +32,12 @@ def write_knn(
     blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
 ) -> None:
     """Write a kNN file (what `KnnFile` reads, checksummed) from (first store row, neighbours,
-    similarities) blocks that cover every store row in order (-1 / NaN rows for skipped images)."""
+    similarities) blocks that cover every store row in order (-1 / NaN rows for skipped images).
+    Attributes whose value is None are left out (HDF5 has no null)."""
     with exclusive_writer(knn_path), written_hdf5(knn_path, KNN_COLUMNS) as (knn_file, checksum):
         for name, value in sorted(attributes.items()):
-            knn_file.attrs[name] = value
+            if value is not None:
+                knn_file.attrs[name] = value
         chunk_rows = min(block_size, num_rows)
         neighbours_out = knn_file.create_dataset(
             "neighbours", (num_rows, k), "int64", chunks=(chunk_rows, k), fillvalue=-1, track_times=False

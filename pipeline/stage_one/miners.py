@@ -3,15 +3,19 @@
 Hard negatives of an anchor: its kNN neighbours of another identity, highest teacher similarity
 first. Hard positives: the images of its own identity with the lowest teacher similarity, exact
 (each identity's similarity matrix, computed in row blocks so a huge identity stays bounded).
+Hard positives are most of mining's work; with `mine.workers` or a scheduler, dask workers mine
+them batch by batch, each reading its batch from the store, and this process writes everything.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.dask_cluster import close_quietly, dask_client, map_in_order
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer
 from pipeline.hdf5 import written_hdf5
@@ -65,60 +69,131 @@ def lowest_similarities(vectors: np.ndarray, count: int) -> tuple[np.ndarray, np
 
 
 def hard_positives(
-    store: EmbeddingStore, view: str, count: int, batch_rows: int, progress: bool
+    store: EmbeddingStore, view: str, count: int, batch_rows: int, progress: bool, client: Any | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every usable row's `count` least similar images of its own identity (N x count, -1 / NaN padded).
 
-    Identities are read in batches of about `batch_rows` images; memory is bounded by the batch
-    plus one block of the largest identity's similarity matrix.
+    Identities are mined in batches of about `batch_rows` images, here or (given a dask `client`) on
+    the workers, in order; memory is bounded by a few batches plus one block of the largest identity's
+    similarity matrix. Workers compute the same bits: NumPy's BLAS sums each similarity in the same
+    order whatever its number of threads (checked up to 3000 x 3000 x 512 with 1 and 2 threads).
     """
     partners = np.full((len(store), count), -1, np.int64)
     similarities = np.full((len(store), count), np.nan, np.float32)
-    rows = usable_rows(store)
-    by_label = np.argsort(store.labels[rows], kind="stable")
-    identities = np.split(rows[by_label], np.flatnonzero(np.diff(store.labels[rows][by_label])) + 1)
-    bar = tqdm(total=len(rows), unit="img", desc="hard positives", disable=not progress)
-    for batch in _batches(identities, batch_rows):
-        batch_store_rows = np.sort(np.concatenate(batch))
-        vectors = read_unit_vectors(store, batch_store_rows, view)
-        for identity_rows in batch:
-            positions, identity_similarities = lowest_similarities(
-                vectors[np.searchsorted(batch_store_rows, identity_rows)], count
-            )
-            taken = positions.shape[1]
-            partners[identity_rows, :taken] = identity_rows[positions]
-            similarities[identity_rows, :taken] = identity_similarities
-        bar.update(len(batch_store_rows))
+    identities = identities_of(store)
+    batches = identity_batches(identities, batch_rows)
+    if client is None:
+        mined = (batch_positives(store, identities[first:last], view, count) for first, last in batches)
+    else:
+        source = StoreFile(str(store.path.resolve()), store.provenance_hash, store.content_checksum)
+        arguments = [(source, first, last, view, count) for first, last in batches]
+        mined = map_in_order(client, positives_on_worker, arguments, "hard-positives")
+    bar = tqdm(total=sum(map(len, identities)), unit="img", desc="hard positives", disable=not progress)
+    for rows, batch_partners, batch_similarities in mined:
+        partners[rows] = batch_partners
+        similarities[rows] = batch_similarities
+        bar.update(len(rows))
     bar.close()
     return partners, similarities
 
 
-def _batches(identities: list[np.ndarray], batch_rows: int) -> Iterator[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
-    size = 0
-    for identity_rows in identities:
-        batch.append(identity_rows)
+def identities_of(store: EmbeddingStore) -> list[np.ndarray]:
+    """The usable store rows of each identity (ascending), identities by label."""
+    rows = usable_rows(store)
+    by_label = np.argsort(store.labels[rows], kind="stable")
+    return np.split(rows[by_label], np.flatnonzero(np.diff(store.labels[rows][by_label])) + 1)
+
+
+def identity_batches(identities: list[np.ndarray], batch_rows: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [first, last) of `identities`, each closed once it holds `batch_rows` images or more."""
+    batches, first, size = [], 0, 0
+    for position, identity_rows in enumerate(identities):
         size += len(identity_rows)
         if size >= batch_rows:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+            batches.append((first, position + 1))
+            first, size = position + 1, 0
+    if first < len(identities):
+        batches.append((first, len(identities)))
+    return batches
 
 
-def mine_and_report(config: MineConfig, *, progress: bool) -> MiningSummary:
+def batch_positives(
+    store: EmbeddingStore, identities: list[np.ndarray], view: str, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of some identities (ascending) and, per row, its `count` least similar images of its own
+    identity (-1 / NaN padded); reads the identities' vectors once."""
+    rows = np.sort(np.concatenate(identities))
+    vectors = read_unit_vectors(store, rows, view)
+    partners = np.full((len(rows), count), -1, np.int64)
+    similarities = np.full((len(rows), count), np.nan, np.float32)
+    for identity_rows in identities:
+        in_batch = np.searchsorted(rows, identity_rows)
+        positions, identity_similarities = lowest_similarities(vectors[in_batch], count)
+        taken = positions.shape[1]
+        partners[in_batch, :taken] = identity_rows[positions]
+        similarities[in_batch, :taken] = identity_similarities
+    return rows, partners, similarities
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    """The store a dask worker mines from: where it is (absolute) and what it must hold."""
+
+    path: str
+    provenance_hash: str
+    content_checksum: str | None
+
+
+_worker_store: dict[StoreFile, tuple[EmbeddingStore, list[np.ndarray]]] = {}  # the store a worker holds open
+
+
+def positives_on_worker(
+    source: StoreFile, first: int, last: int, view: str, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`batch_positives` of identities [first, last) on a dask worker, which opens the store (and groups its
+    rows by identity) on its first batch and keeps it for the next ones."""
+    if source not in _worker_store:
+        for store, _ in _worker_store.values():
+            store.close()
+        _worker_store.clear()
+        store = _opened_on_worker(source)
+        _worker_store[source] = store, identities_of(store)
+    store, identities = _worker_store[source]
+    return batch_positives(store, identities[first:last], view, count)
+
+
+def _opened_on_worker(source: StoreFile) -> EmbeddingStore:
+    """The store at `source.path`, refused unless it is the one this process mines."""
+    if Path(source.path).is_file():
+        store = EmbeddingStore(source.path)
+        if (store.provenance_hash, store.content_checksum) == (source.provenance_hash, source.content_checksum):
+            return store
+        store.close()
+    raise FacekdError(
+        f"{source.path}: missing on this dask worker, or not the store mining started with (provenance hash "
+        f"{source.provenance_hash}, checksum {source.content_checksum}); workers need the same file at the same path"
+    )
+
+
+def mine_and_report(config: MineConfig, *, progress: bool, scheduler: str | None = None) -> MiningSummary:
     """`facekd mine`: the pair table of `config.store` and `config.knn`, and its reports (summary,
     histogram, suspicious pairs) at the paths `config` names."""
     with EmbeddingStore(config.store) as store:
-        summary = mine_pairs(store, config, progress=progress)
+        summary = mine_pairs(store, config, progress=progress, scheduler=scheduler)
     write_summary_json(config.summary, summary)
     write_histogram_csv(config.histogram, summary.negatives, summary.positives)
     return summary
 
 
-def mine_pairs(store: EmbeddingStore, config: MineConfig, *, progress: bool) -> MiningSummary:
+def mine_pairs(
+    store: EmbeddingStore, config: MineConfig, *, progress: bool, scheduler: str | None = None
+) -> MiningSummary:
     """Mine hard negatives (from the kNN file `config.knn`) and hard positives (exact) into the pair table at
-    `config.out`; write its suspicious pairs to `config.suspicious`, streamed (there can be millions)."""
+    `config.out`; write its suspicious pairs to `config.suspicious`, streamed (there can be millions).
+
+    The hard positives are mined on `config.workers` local dask worker processes or on the cluster at
+    `scheduler` when either is given; every output is byte-identical to the one mined in this process.
+    """
     pairs_path, block_size = Path(config.out), config.rows_per_block
     hard_negatives_per_anchor, hard_positives_per_anchor = config.hard_negatives_per_anchor, config.hard_positives_per_anchor
     suspicious_threshold = config.suspicious_threshold
@@ -130,7 +205,14 @@ def mine_pairs(store: EmbeddingStore, config: MineConfig, *, progress: bool) -> 
                 f"neighbours per image in {knn.path} (search more with index.knn_k)"
             )
         knn.verify()
-        positives, positive_similarities = hard_positives(store, knn.view, hard_positives_per_anchor, block_size, progress)
+        client = dask_client(config.workers, 1, scheduler) if config.workers > 0 or scheduler else None
+        try:
+            positives, positive_similarities = hard_positives(
+                store, knn.view, hard_positives_per_anchor, block_size, progress, client
+            )
+        finally:
+            if client is not None:
+                close_quietly(client)
         attributes = dict(
             store_provenance_hash=store.provenance_hash, knn_k=knn.k, view=knn.view, index_factory=knn.factory,
             hard_negatives_per_anchor=hard_negatives_per_anchor, hard_positives_per_anchor=hard_positives_per_anchor,

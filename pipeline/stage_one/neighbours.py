@@ -9,6 +9,7 @@ from pipeline.errors import FacekdError
 from pipeline.stage_one.config import IndexConfig
 from pipeline.stage_one.exact_knn import memory_budget_bytes, search_exact_streamed
 from pipeline.stage_one.index import IndexMetadata, KnnSummary, build_index, search_knn
+from pipeline.stage_one.recall_target import tuned_search_breadth
 from pipeline.stage_one.store import EmbeddingStore
 from pipeline.stage_one.store_views import usable_rows
 
@@ -30,8 +31,10 @@ def find_neighbours(
     """Search `config.knn_k` neighbours of every usable image of `config.store` into `config.knn`.
 
     `knn_k` is checked against the store before any index is built; `settings_file` (where `config`
-    came from) is named in that error. The index search runs on `config.workers` local dask workers or
-    the cluster at `scheduler` when given; the streamed exact search always runs in this process.
+    came from) is named in that error. An approximate index is searched with the nprobe / ef_search that
+    reaches `config.recall_target` (pipeline/stage_one/recall_target.py). The index search runs on
+    `config.workers` local dask workers or the cluster at `scheduler` when given; the streamed exact
+    search always runs in this process.
     """
     with EmbeddingStore(config.store) as store:
         usable = len(usable_rows(store))
@@ -47,5 +50,7 @@ def find_neighbours(
                 log.warning("the exact search streamed from the store runs in this process; index.workers / --scheduler are not used")
             knn = search_exact_streamed(store, config, backend=None, progress=progress)
             return NeighbourSearch(knn, None, flat_index_bytes)
-        metadata = build_index(store, config, progress=progress)
+        metadata = build_index(
+            store, config, progress=progress, choose_search_breadth=lambda index: tuned_search_breadth(index, store, config)
+        )
         return NeighbourSearch(search_knn(store, config, progress=progress, scheduler=scheduler), metadata, flat_index_bytes)

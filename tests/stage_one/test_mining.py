@@ -11,7 +11,7 @@ from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.hdf5 import written_hdf5
 from pipeline.stage_one.index import build_index, search_knn
-from pipeline.stage_one.miners import lowest_similarities, mine_pairs
+from pipeline.stage_one.miners import StoreFile, lowest_similarities, mine_and_report, mine_pairs, positives_on_worker
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
 from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pair_passes, suspicious_pairs
 from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, Pairs, PairTable, PairTableWriter
@@ -291,3 +291,40 @@ def test_mining_refuses_a_knn_file_of_another_store(tmp_path: Path, uneven_store
 def test_more_hard_negatives_than_neighbours_is_refused(tmp_path: Path, uneven_store: Path) -> None:
     with pytest.raises(FacekdError, match=r"hard_negatives_per_anchor is 7; expected 1 \.\. 6"):
         index_and_mine(uneven_store, tmp_path, k=6, hard_negatives_per_anchor=7)
+
+
+def mined_outputs(store_path: Path, tmp_path: Path, scheduler: str | None = None) -> dict[str, bytes]:
+    """The bytes of every output of `facekd mine` (small batches, many suspicious pairs), mined here or on `scheduler`."""
+    config = mine_config(
+        tmp_path, store=str(store_path), rows_per_block=16, hard_negatives_per_anchor=4, hard_positives_per_anchor=3,
+        suspicious_threshold=0.2, summary=str(tmp_path / "summary.json"), histogram=str(tmp_path / "histogram.csv"),
+    )
+    summary = mine_and_report(config, progress=False, scheduler=scheduler)
+    assert summary.suspicious_pairs > 0 and summary.positives.count > 0
+    return {name: Path(getattr(config, name)).read_bytes() for name in ("out", "summary", "histogram", "suspicious")}
+
+
+def test_mining_on_dask_workers_writes_the_same_outputs(tmp_path: Path, interleaved_store: Path) -> None:
+    """Hard positives mined batch by batch on 2 worker processes (each reading its rows from the store):
+    the pair table, summary, histogram and suspicious pairs are byte-identical to this process's."""
+    from distributed import Client, LocalCluster
+
+    with EmbeddingStore(interleaved_store) as store:
+        config = index_config(tmp_path, store=str(interleaved_store), knn_k=8, rows_per_search=16)
+        build_index(store, config, progress=False)
+        search_knn(store, config, progress=False)
+    here = mined_outputs(interleaved_store, tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert mined_outputs(interleaved_store, tmp_path, scheduler=cluster.scheduler_address) == here
+        with Client(cluster) as client:
+            holding_the_store = client.run(lambda: bool(miners._worker_store))
+    assert any(holding_the_store.values()), "the batches were mined on the workers"
+
+
+def test_a_worker_refuses_another_store(tmp_path: Path, uneven_store: Path) -> None:
+    with EmbeddingStore(uneven_store) as store:
+        checksum = store.content_checksum
+    for source in (StoreFile(str(uneven_store), "0" * 64, checksum), StoreFile(str(tmp_path / "absent.h5"), "0" * 64, None)):
+        with pytest.raises(FacekdError, match=r"missing on this dask worker, or not the store mining started with"):
+            positives_on_worker(source, 0, 1, "image", 2)
+    assert not miners._worker_store

@@ -165,3 +165,18 @@ def test_index_on_dask_workers_writes_the_same_knn_file(tmp_path: Path, mined: P
     assert knn.read_bytes() == here
     result = CliRunner().invoke(cli, ["index", "--params", str(params), "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
     assert result.exit_code == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output
+
+
+def test_mine_on_dask_workers_writes_the_same_outputs(tmp_path: Path, mined: Path) -> None:
+    store = Path(yaml.safe_load(mined.read_text())["index"]["store"])
+    params = index_mine_params(tmp_path, store)
+    run_cli("index", "--params", str(params), "--quiet")
+    run_cli("mine", "--params", str(params), "--quiet")
+    outputs = sorted((tmp_path / "pairs").iterdir())
+    here = [path.read_bytes() for path in outputs]
+    assert len(outputs) == 4
+    assert "hard positives mined on 2 local dask worker processes" in run_cli("mine", "--params", str(params), "--workers", "2", "--quiet")
+    assert [path.read_bytes() for path in outputs] == here
+    result = CliRunner().invoke(cli, ["mine", "--params", str(params), "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output
