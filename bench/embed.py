@@ -2,7 +2,7 @@
 
   python bench/embed.py [--images 6000]
 
-Reports, for the default teacher network (iResNet-18, width 0.125, 64 px):
+Reports, for the default teacher network (params.yaml's `teacher` backbone and width, 64 px):
   1. network throughput on decoded images, image + flip, one thread:
      ONNX Runtime (what stage one runs) vs PyTorch eager on the same weights;
   2. the whole stage (decode + embed + write) in-process, and the share of it spent writing HDF5;
@@ -25,6 +25,7 @@ import torch
 from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.data.synth import generate_split
 from pipeline.stage_one.config import EmbedConfig
+from pipeline.stage_two.config import TeacherSection
 from pipeline.stage_one.embed import embed_dataset
 from pipeline.stage_two.models import build_backbone
 from pipeline.stage_two.models.export import export_onnx
@@ -74,7 +75,8 @@ def main() -> None:
         generate_split(scratch / "faces", range(identities), 20, 64, seed=0, workers=2, progress=False)
         generate_split(scratch / "warm", range(4), 4, 64, seed=1, workers=1, progress=False)
         dataset, warm_up = ImageFolderDataset(scratch / "faces"), ImageFolderDataset(scratch / "warm")
-        model = build_backbone("iresnet18", 512, 64, 0.125).eval()
+        teacher = TeacherSection()
+        model = build_backbone(teacher.backbone, 512, 64, teacher.width).eval()
         onnx_path = scratch / "teacher.onnx"
         export_onnx(model, onnx_path, 64)
 

@@ -60,7 +60,8 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def _params(root: Path, faces: Path, teacher: Path) -> Path:
-    """The repository's params.yaml, pointed at tiny data with small sizes (the keys as of commit 56d8c62, with the three `block_size` keys renamed)."""
+    """The repository's params.yaml, pointed at tiny data with small sizes (the keys as of commit 56d8c62, with the three `block_size` keys renamed,
+    and that commit's default student backbone, MobileFaceNet)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     store, knn = str(root / "store.h5"), str(root / "knn.h5")
     params["embed"].update(dataset=str(faces), teacher=str(teacher), store=store, workers=0, images_per_block=16, batch_size=8)
@@ -69,7 +70,7 @@ def _params(root: Path, faces: Path, teacher: Path) -> Path:
                           out=str(root / "pairs.h5"), summary=str(root / "summary.json"),
                           histogram=str(root / "histogram.csv"), suspicious=str(root / "suspicious.csv"))
     params["train"].update(dataset=str(faces), store=store, pairs=str(root / "pairs.h5"), out_root=str(root / "students"),
-                           embedding_dim=8, width=0.25, epochs=2, batch_size=8, threads=1)
+                           backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=2, batch_size=8, threads=1)
     params["train"]["distillation"].update(rpsd_bank_size=16, rpsd_k_neg=4)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -1,5 +1,5 @@
 """The deployment side of `facekd results`: which latency-report columns to show, their cells, and
-each student's int8 model against its fp32 one, said plainly."""
+each student against the teacher and its int8 model against its fp32 one, said plainly."""
 from __future__ import annotations
 
 
@@ -28,18 +28,26 @@ def deployment_cells(model: dict, columns: dict[str, str]) -> list[str]:
     return cells
 
 
-def int8_notes(latency: dict, accuracy: dict[str, float], students: list[str]) -> list[str]:
-    """Per student: int8 against fp32 in accuracy, batch-1 one-thread latency and size, said plainly."""
+def deployment_notes(latency: dict, accuracy: dict[str, float], students: list[str]) -> list[str]:
+    """Per student: against the teacher, then its int8 model against itself (accuracy, batch-1 one-thread
+    latency, size), said plainly: what a user deploying the student gains and loses."""
     notes = []
     for name in students:
-        fp32, int8 = latency["models"].get(name), latency["models"].get(f"{name}.int8")
-        if fp32 is None or int8 is None:
-            continue
-        fp32_ms, int8_ms = fp32["batch1_1thread"]["median_ms"], int8["batch1_1thread"]["median_ms"]
-        speed = (f"{fp32_ms / int8_ms:.2f}x faster" if int8_ms < fp32_ms else f"{int8_ms / fp32_ms:.2f}x SLOWER on this CPU")
-        note = f"{name}.int8 vs fp32: {speed} ({int8_ms:.3f} vs {fp32_ms:.3f} ms, batch 1, 1 thread), " \
-               f"{fp32['size_bytes'] / int8['size_bytes']:.1f}x smaller"
-        if name in accuracy and f"{name}.int8" in accuracy:
-            note += f", accuracy {100 * (accuracy[f'{name}.int8'] - accuracy[name]):+.2f} points"
-        notes.append(note)
-    return notes
+        notes.append(_versus(latency, accuracy, name, "teacher", "teacher"))
+        notes.append(_versus(latency, accuracy, f"{name}.int8", name, "fp32"))
+    return [note for note in notes if note is not None]
+
+
+def _versus(latency: dict, accuracy: dict[str, float], name: str, baseline: str, baseline_label: str) -> str | None:
+    """One model against another; None when either was not timed."""
+    model, reference = latency["models"].get(name), latency["models"].get(baseline)
+    if model is None or reference is None:
+        return None
+    model_ms, reference_ms = model["batch1_1thread"]["median_ms"], reference["batch1_1thread"]["median_ms"]
+    speed = (f"{reference_ms / model_ms:.2f}x faster" if model_ms < reference_ms
+             else f"{model_ms / reference_ms:.2f}x SLOWER on this CPU")
+    note = f"{name} vs {baseline_label}: {speed} ({model_ms:.3f} vs {reference_ms:.3f} ms, batch 1, 1 thread), " \
+           f"{reference['size_bytes'] / model['size_bytes']:.1f}x smaller"
+    if name in accuracy and baseline in accuracy:
+        note += f", accuracy {100 * (accuracy[name] - accuracy[baseline]):+.2f} points"
+    return note

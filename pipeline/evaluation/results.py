@@ -9,7 +9,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from pipeline.errors import FacekdError
-from pipeline.evaluation.deployment import deployment_cells, deployment_columns, int8_notes
+from pipeline.evaluation.deployment import deployment_cells, deployment_columns, deployment_notes
 from pipeline.evaluation.evaluate import METRICS, ROC_DIR
 from pipeline.evaluation.report import plot_accuracy_latency, plot_roc_curves, plot_training_curves
 
@@ -59,7 +59,7 @@ def summarise_results(
             accuracy[name] = metrics["accuracy"]
         printed.append(table)
         if latency:
-            printed.extend(int8_notes(latency, accuracy, students))
+            printed.extend(deployment_notes(latency, accuracy, students))
             points = {
                 name: (latency["models"][name]["batch1_1thread"]["median_ms"], accuracy[name])
                 for name in accuracy if name in latency["models"]

@@ -76,9 +76,9 @@ class DistillationConfig(ConfigModel):
 class TrainConfig(ConfigModel):
     """How one backbone trains (not where its data is): the run's fingerprint covers exactly these."""
 
-    backbone: Backbone = Field("mobilefacenet", description="Student backbone.")
+    backbone: Backbone = Field("iresnet18", description="Student backbone.")
     embedding_dim: int = Field(512, gt=0, description="Embedding size.")
-    width: float = Field(0.125, gt=0, description="Width multiplier of the backbone.")
+    width: float = Field(0.0625, gt=0, description="Width multiplier of the backbone.")
     margin: Literal["arcface", "cosface"] = Field(
         "cosface", description="Margin head: cosface (m = 0.35) or arcface (m = 0.5); ArcFace did not converge well for tiny students here."
     )
@@ -177,7 +177,8 @@ class TeacherSection(_TrainingSection):
 
     dataset: str = Field("data/synth/teacher", description="The teacher's training images.")
     out: str = Field("data/teacher", description="Folder of the teacher's checkpoint, log and model.onnx.")
-    backbone: Backbone = Field("iresnet18", description="Teacher backbone.")
+    backbone: Backbone = Field("iresnet34", description="Teacher backbone.")
+    width: float = Field(0.125, gt=0, description="Width multiplier of the backbone.")
     num_workers: int = Field(
         1, ge=0, le=MOST_PROCESSES, description="Loader processes: one decodes the next batch (same weights, ~10% faster here).",
     )

@@ -137,6 +137,7 @@ def test_pipeline_commands_quantize_evaluate_time_and_report(
     for column in ("b1 1 thr ms", "b1 all ms", "b4 img/s", "MB", "M MACs"):
         assert column in output, column
     assert "tiny.int8 vs fp32:" in output and "smaller" in output
+    assert "tiny vs teacher:" in output
     assert (tmp_path / "report" / "accuracy_latency_faces.png").is_file()
 
 
