@@ -3,8 +3,8 @@
   python bench/train.py [--steps 30] [--params params.yaml]
 
 Needs the default pipeline's outputs (`make run` first): the student set, the store, the mined
-pairs and the default teacher's checkpoint. Uses the `train` section's student (MobileFaceNet by
-default), batch size and KD settings, and reports:
+pairs and the default teacher's checkpoint. Uses the `--student`'s backbone (params.yaml's `train`
+section: iResNet-18 width 0.0625 by default), batch size and KD settings, and reports:
   1. step time, margin only vs margin + ILED + RPSD (memory bank full, pair-aware batches);
   2. reading one batch of teacher targets from the store: in memory, memory-mapped (stores
      above `targets_memory_gb`), and h5py row by row (the plain way, the baseline);
@@ -12,9 +12,10 @@ default), batch size and KD settings, and reports:
      `images_memory_gb`) vs decoded from JPEG at every step (the baseline);
   4. time per epoch of offline KD (teacher embeddings read from the store) vs online KD that
      runs the teacher (PyTorch eager, no grad) on every batch: the default teacher (trained
-     weights), and a teacher of the published IR50 : MobileFaceNet cost ratio (~15x the student's
+     weights), and a teacher of the published IR50 : MobileFaceNet cost ratio (~14x the default student's
      multiply-adds; iResNet-18 width 0.25, random weights: only its speed matters here).
-Each figure is the median step time over `--steps` steps after warm-up, data loading included
+Each figure is the median step time over `--steps` rounds after warm-up, each round one step of every
+setting in turn (interleaved: load from other processes slows all alike), data loading included
 (images held in memory, as in training, unless said otherwise).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -55,11 +57,11 @@ def endless(loader: DataLoader, sampler: RandomBatchSampler):
         yield from loader
 
 
-def median_step_seconds(
-    config, inputs, images: np.ndarray | None, steps: int, online_teacher: torch.nn.Module | None = None
-) -> float:
-    """Median wall time of a training step (load, forward, KD terms, backward, update, bank);
-    `images`: decoded in memory, or None to decode each sample's JPEG."""
+def training_step(
+    config, inputs, images: np.ndarray | None, online_teacher: torch.nn.Module | None = None
+) -> Callable[[], float]:
+    """A training step of its own student (load, forward, KD terms, backward, update, bank) that returns its
+    wall time; `images`: decoded in memory, or None to decode each sample's JPEG."""
     dataset, targets = inputs.dataset, inputs.targets
     torch.manual_seed(0)
     model = StudentModel(config, image_size(dataset), dataset.num_identities, targets.dim)
@@ -77,12 +79,12 @@ def median_step_seconds(
         TrainingImages(dataset, None if online_teacher else targets, images),
         batch_sampler=sampler, collate_fn=collate_training_batch,
     )
-    times = []
     batches = endless(loader, sampler)
-    for step in range(WARM_UP + steps):
+
+    def step() -> float:
         started = time.perf_counter()
-        images, labels, indices, batch_targets = next(batches)
-        pixels = normalise_images(images)
+        batch_images, labels, indices, batch_targets = next(batches)
+        pixels = normalise_images(batch_images)
         if online_teacher is not None:
             with torch.no_grad():
                 batch_targets = online_teacher(pixels)
@@ -93,9 +95,21 @@ def median_step_seconds(
         optimizer.step()
         if model.distiller is not None:
             model.distiller.remember(embeddings.detach(), batch_targets, labels, indices)
-        if step >= WARM_UP:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        return time.perf_counter() - started
+
+    return step
+
+
+def interleaved_step_seconds(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each round runs one step of every setting in turn, so load from other processes (or a CPU
+    clocking down) slows all of them alike; the times of the rounds after the warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(WARM_UP + rounds):
+        for name, step in steps.items():
+            seconds = step()
+            if round_index >= WARM_UP:
+                times[name].append(seconds)
+    return times
 
 
 def batch_read_seconds(read_row, rows: np.ndarray, views: np.ndarray, batch_size: int) -> float:
@@ -146,12 +160,16 @@ def main() -> None:
 
     reads = target_read_seconds(section.store, kd_config.batch_size)
     images = decode_in_memory(inputs.dataset, inputs.usable, 1 << 40)
-    margin = median_step_seconds(margin_config, inputs, images, args.steps)
-    offline = median_step_seconds(kd_config, inputs, images, args.steps)
-    offline_decoding = median_step_seconds(kd_config, inputs, None, args.steps)
-    online = median_step_seconds(kd_config, inputs, images, args.steps, online_teacher=teacher)
     large_teacher = build_backbone("iresnet18", teacher_config.embedding_dim, size, 0.25).eval()
-    online_large = median_step_seconds(kd_config, inputs, images, args.steps, online_teacher=large_teacher)
+    times = interleaved_step_seconds({
+        "margin": training_step(margin_config, inputs, images),
+        "offline": training_step(kd_config, inputs, images),
+        "offline decoding": training_step(kd_config, inputs, None),
+        "online": training_step(kd_config, inputs, images, online_teacher=teacher),
+        "online large": training_step(kd_config, inputs, images, online_teacher=large_teacher),
+    }, args.steps)
+    margin, offline, offline_decoding, online, online_large = (statistics.median(seconds) for seconds in times.values())
+    overheads = sorted(kd / alone - 1 for kd, alone in zip(times["offline"], times["margin"]))
     student_cost = count_multiply_adds(build_backbone(kd_config.backbone, kd_config.embedding_dim, size, kd_config.width), size)
     steps_per_epoch = len(inputs.usable) // kd_config.batch_size
     d = kd_config.distillation
@@ -159,7 +177,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; KD = ILED (lambda {d.iled}) + RPSD (lambda {d.rpsd}, bank {d.rpsd_bank_size}, "
           f"k_neg {d.rpsd_k_neg}); teacher {teacher_config.backbone} width {teacher_config.width}")
     print(f"step: margin only {1000 * margin:.0f} ms, margin + ILED + RPSD {1000 * offline:.0f} ms "
-          f"-> KD terms add {100 * (offline / margin - 1):.1f}%")
+          f"-> KD terms add {100 * (offline / margin - 1):.1f}% (medians of {args.steps} interleaved rounds; per round: "
+          f"quartiles {100 * overheads[len(overheads) // 4]:.1f} / {100 * statistics.median(overheads):.1f} / "
+          f"{100 * overheads[3 * len(overheads) // 4]:.1f}%)")
     print(f"target reads per batch of {kd_config.batch_size}: " + ", ".join(
         f"{way} {1000 * seconds:.2f} ms" for way, seconds in reads.items())
         + f" -> memory-mapped is {reads['h5py row reads'] / reads['memory-mapped']:.1f}x faster than h5py row reads")
