@@ -1,9 +1,12 @@
 """The benchmarks that need no pipeline outputs run at tiny sizes (figures are not checked: tests never assert on speed)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from tests.dvc_project import tiny_params
 
 REPO = Path(__file__).parents[1]
 
@@ -31,9 +34,33 @@ def test_kd_step_bench(tmp_path: Path) -> None:
     assert "KD terms add" in output
 
 
+def test_mine_workers_bench() -> None:
+    output = run_bench("bench/mine_workers.py", "--rows", "3000", "--dim", "16", "--factory", "Flat", "--rows-per-block", "500")
+    assert "3000 x 16, rows_per_block 500" in output and "outputs identical: True" in output
+
+
 def test_inspection_bench() -> None:
     output = run_bench("bench/inspection.py", "--images", "300", "--records", "300", "--shown", "3", "--repeats", "1",
                        "--suspicious-rows", "4000", "--rows-per-pass", "1000")
     assert output.count("listing the dataset (open_dataset, before)") == 2
     assert output.count("by key (open_keyed_images, now)") == 2
     assert "passes of 1000 rows" in output and "the three CSVs are byte-identical: True" in output
+
+
+def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:
+    params = tiny_params()  # one student: at tiny sizes `facekd train` is the slowest stage (torch start-up, ONNX export)
+    params["students"] = {"unified": yaml.safe_load((REPO / "params.yaml").read_text())["students"]["unified"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run_bench("bench/scale.py", "--sizes", "200,400", "--params", str(tmp_path / "params.yaml"),
+                       "--teacher", str(tiny_teacher), "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"))
+    stages = ["synth", "verification", "embed", "index", "mine", "train@unified", "evaluate@unified"]
+    for stage in stages:
+        assert f"| {stage} | 200 |" in output and f"| {stage} | 400 |" in output
+    assert "| index, N^2 |" in output
+    report = json.loads((tmp_path / "scale.json").read_text())
+    assert [(m["stage"], m["images"]) for m in report["measurements"]] == [(stage, n) for n in (200, 400) for stage in stages]
+    assert all(m["seconds"] > 0 and m["cpu_seconds"] > 0 and m["peak_rss_bytes"] > 0 and m["output_bytes"] > 0
+               for m in report["measurements"])
+    assert {row["stage"] for row in report["exponents"]} == set(stages)
+    assert {row["images"] for row in report["projections"]} == {5_800_000, 42_000_000}
+    assert list((tmp_path / "work").iterdir()) == []  # each scratch project is deleted once measured

@@ -1,0 +1,370 @@
+"""How the real pipeline grows with the number of training images: every stage as the `facekd` command
+a user runs, at each size, timed alone, with its memory and outputs measured.
+
+    .venv/bin/python bench/scale.py                                        # 10k, 100k and 1M images
+    .venv/bin/python bench/scale.py --sizes 2000,10000 --json scale.json   # small sizes first
+    .venv/bin/python bench/scale.py --sizes 1000000 --index-factory IVF4096,Flat --stages synth,embed,index,mine
+
+Needs a trained teacher ONNX (`--teacher`, default data/teacher/model.onnx: `make run` first); the
+teacher is not retrained. For each size N, a scratch project (under `--work-dir`, or a temporary
+folder) gets a params.yaml made from `--params` (the repository's by default) with: the synthetic
+student set at N images (`synth.student_images` per identity, N a multiple of it) and the teacher's
+input size read from the ONNX graph; one teacher image (the teacher split is unused); the given
+teacher; one epoch for `train` and every student; `--index-factory` if given. Everything else,
+the held-out verification set included, is as in `--params`. Then each stage runs in pipeline order
+as its own `facekd` process (dvc.yaml's and synthetic/dvc.yaml's commands): synth, verification
+(make-bin), embed, index, mine, train@<student> and evaluate@<student> for every student (the
+repository's: margin_only and unified). A stage's outputs are deleted before it runs, so it does
+its whole work (no store reuse, no checkpoint resume). `--stages` runs a subset; the inputs of the
+stages left out must exist already, in a `--work-dir` kept (`--keep`) from an earlier run.
+
+Per stage and size it prints: wall time of the command (process start and imports included), time
+per training image, CPU time (user + system) of the command and its descendants, peak RSS summed
+over the command's process and all its descendants (dask workers, data loaders, synth workers;
+sampled every 0.1 s, so a peak shorter than that can be missed, and pages shared between processes
+count once per process) and the bytes of its outputs. On a machine shared with other work, wall
+times stretch with the load (printed at the start) while CPU times much less: compare the two.
+Then the growth exponent between consecutive sizes, e = log(v2 / v1) / log(N2 / N1), of time and of
+peak RSS, and projections to 5.8M and 42M images from the largest two sizes under the model
+v(N) = v(N_max) x (N / N_max)^e. Fixed costs (process start, imports, model loading, the
+fixed-size held-out set of synth, verification and evaluate) keep e low at small sizes. An exact
+index (`Flat`) computes N^2 distances, so its time tends to exponent 2 once those dominate: for
+Flat an `index, N^2` row projects with e = 2 from the largest size. Projections assume this
+machine; scaling with workers and cores is measured by bench/embed.py and bench/index_workers.py.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import yaml
+
+from pipeline.face_model import load_face_model_graph
+from pipeline.settings import Settings
+from stages.params import load_settings, read_params, required
+from stages.repro import cpu_name
+
+REPO = Path(__file__).parents[1]
+FACEKD = Path(sys.executable).parent / "facekd"
+SYNTH_OUT = "data/synth"
+STUDENT_SET = f"{SYNTH_OUT}/student"
+HELDOUT_SET = f"{SYNTH_OUT}/heldout"
+SAMPLE_SECONDS = 0.1
+PROJECTED_SIZES = (5_800_000, 42_000_000)
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `facekd` command of the pipeline and the paths (relative to the project) it reads and writes."""
+
+    name: str
+    arguments: list[str]
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    images: int
+    stage: str
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    output_bytes: int
+
+
+def machine() -> dict:
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() if shutil.which("nvidia-smi") else ""
+    return {
+        "cpu": cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpus": gpus.splitlines(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def scale_params(base: dict, images: int, images_per_identity: int, teacher: Path, image_size: int,
+                 index_factory: str | None) -> dict:
+    """`base` with the student set at `images` synthetic images of the teacher's size, one epoch per student."""
+    params = copy.deepcopy(base)
+    params["synth"].update(size=image_size, student_identities=images // images_per_identity, teacher_identities=1, teacher_images=1)
+    params["verification"]["dataset"] = HELDOUT_SET
+    params["embed"].update(dataset=STUDENT_SET, teacher=str(teacher))
+    params["train"].update(dataset=STUDENT_SET, epochs=1)
+    for overrides in params.get("students", {}).values():
+        overrides["epochs"] = 1
+    params["evaluate"]["pairs"] = params["verification"]["out"]
+    if index_factory:
+        params["index"]["factory"] = index_factory
+    return params
+
+
+def pipeline_stages(settings: Settings) -> list[Stage]:
+    """dvc.yaml's and synthetic/dvc.yaml's commands, in pipeline order (the teacher and int8 stages left out)."""
+    verification, embed, index, mine, evaluate = settings.verification, settings.embed, settings.index, settings.mine, settings.evaluate
+    stages = [
+        Stage("synth", ["synth", "--out", SYNTH_OUT], [], [SYNTH_OUT]),
+        Stage("verification", ["make-bin", verification.dataset, verification.out, "--pairs", str(verification.num_pairs),
+                               "--seed", str(verification.seed)], [verification.dataset], [verification.out]),
+        Stage("embed", ["embed", "--quiet"], [embed.dataset, embed.teacher], [embed.store]),
+        Stage("index", ["index", "--quiet"], [index.store], [index.out, f"{index.out}.json", index.knn]),
+        Stage("mine", ["mine", "--quiet"], [mine.store, mine.knn], [mine.out, mine.summary, mine.histogram, mine.suspicious]),
+    ]
+    for name, student in settings.students.items():
+        stages.append(Stage(f"train@{name}", ["train", "--student", name, "--quiet"],
+                            [student.dataset, student.store, student.pairs], [f"{student.out_root}/{name}"]))
+    for name, student in settings.students.items():
+        model = f"{student.out_root}/{name}/model.onnx"
+        stages.append(Stage(f"evaluate@{name}", ["evaluate", "--onnx", model, "--out", f"{evaluate.out_root}/{name}"],
+                            [model, evaluate.pairs], [f"{evaluate.out_root}/{name}"]))
+    return stages
+
+
+def check_inputs(project: Path, stages: list[Stage]) -> None:
+    """Every input is made by an earlier selected stage or already in `project`: fail before any work."""
+    made: list[Path] = []
+    for stage in stages:
+        for needed in map(Path, stage.inputs):
+            if not any(needed == output or output in needed.parents for output in made) and not (project / needed).exists():
+                raise SystemExit(f"{project}: stage {stage.name} reads {needed}, which does not exist; add the stage that "
+                                 f"writes it to --stages, or give the --work-dir of a --keep run that made it")
+        made += map(Path, stage.outputs)
+
+
+def remove_outputs(project: Path, stage: Stage) -> None:
+    """Delete the stage's outputs and partial files, so that it redoes all its work (no reuse, no resume)."""
+    for output in stage.outputs:
+        path = project / output
+        for leftover in [path, *map(Path, glob.glob(glob.escape(str(path)) + ".partial*"))]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def tree_rss(root: psutil.Process) -> int:
+    """RSS of `root` and all its descendants now (a process that exits meanwhile counts 0)."""
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(command: list[str], cwd: Path, log: Path) -> tuple[float, float, int]:
+    """Wall time of `command`, the CPU time of its process tree (each descendant once reaped) and the
+    peak of the tree's summed RSS; its output goes to `log`."""
+    peak = 0
+    cpu_before = children_cpu_seconds()
+    with log.open("w") as log_file:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
+        tree = psutil.Process(process.pid)
+        while True:
+            peak = max(peak, tree_rss(tree))
+            try:
+                process.wait(timeout=SAMPLE_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise SystemExit(f"{' '.join(command)} failed in {cwd} (exit status {process.returncode}); end of {log}:\n{tail}")
+    return seconds, children_cpu_seconds() - cpu_before, peak
+
+
+def measure_stages(project: Path, stages: list[Stage], images: int) -> list[Measurement]:
+    """Run each stage alone, in order, each from a clean slate of its outputs."""
+    measurements = []
+    for stage in stages:
+        remove_outputs(project, stage)
+        seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, project / f"{stage.name}.log")
+        outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
+        measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs)
+        print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, output {measured.output_bytes / MB:.1f} MB", flush=True)
+        measurements.append(measured)
+    return measurements
+
+
+def bytes_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def exponent(n1: int, v1: float, n2: int, v2: float) -> float:
+    return math.log(v2 / v1) / math.log(n2 / n1)
+
+
+def growth(measurements: list[Measurement], stages: list[str], sizes: list[int]) -> list[dict]:
+    """Time and peak-RSS exponents of each stage between consecutive sizes."""
+    by_key = {(m.stage, m.images): m for m in measurements}
+    rows = []
+    for stage in stages:
+        for small, large in zip(sizes, sizes[1:]):
+            a, b = by_key[stage, small], by_key[stage, large]
+            rows.append({"stage": stage, "from_images": small, "to_images": large,
+                         "time_exponent": exponent(small, a.seconds, large, b.seconds),
+                         "peak_rss_exponent": exponent(small, a.peak_rss_bytes, large, b.peak_rss_bytes)})
+    return rows
+
+
+def projections(measurements: list[Measurement], exponents: list[dict], largest: int, quadratic_index: bool) -> list[dict]:
+    """v(N) = v(largest) x (N / largest)^e, e between the largest two sizes; the exact index also with e = 2 for time."""
+    by_stage = {m.stage: m for m in measurements if m.images == largest}
+    last = {row["stage"]: row for row in exponents if row["to_images"] == largest}
+    rows = []
+    for target in PROJECTED_SIZES:
+        scale = target / largest
+        for stage, row in last.items():
+            measured = by_stage[stage]
+            rows.append({"stage": stage, "images": target, "time_exponent": row["time_exponent"],
+                         "peak_rss_exponent": row["peak_rss_exponent"],
+                         "seconds": measured.seconds * scale ** row["time_exponent"],
+                         "peak_rss_bytes": measured.peak_rss_bytes * scale ** row["peak_rss_exponent"]})
+        if quadratic_index and "index" in by_stage:
+            rows.append({"stage": "index, N^2", "images": target, "time_exponent": 2.0, "peak_rss_exponent": None,
+                         "seconds": by_stage["index"].seconds * scale**2, "peak_rss_bytes": None})
+    return rows
+
+
+def duration(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def print_report(measurements: list[Measurement], exponents: list[dict], projected: list[dict], stages: list[str],
+                 sizes: list[int]) -> None:
+    print("\n| stage | images | time | time per image | CPU time | peak RSS (MB) | output (MB) |\n|---|---:|---:|---:|---:|---:|---:|")
+    for stage in stages:
+        for m in [m for m in measurements if m.stage == stage]:
+            print(f"| {stage} | {m.images} | {duration(m.seconds)} | {1000 * m.seconds / m.images:.3f} ms | "
+                  f"{duration(m.cpu_seconds)} | {m.peak_rss_bytes / MB:.0f} | {m.output_bytes / MB:.1f} |")
+    for size in sizes:
+        at_size = [m for m in measurements if m.images == size]
+        total = sum(m.seconds for m in at_size)
+        print(f"| stages run: sum of times, largest peak, sum of outputs | {size} | {duration(total)} | "
+              f"{1000 * total / size:.3f} ms | {duration(sum(m.cpu_seconds for m in at_size))} | {max(m.peak_rss_bytes for m in at_size) / MB:.0f} | "
+              f"{sum(m.output_bytes for m in at_size) / MB:.1f} |")
+    if not exponents:
+        return
+    pairs = list(zip(sizes, sizes[1:]))
+    print("\ngrowth exponents e = log(v2 / v1) / log(N2 / N1), time / peak RSS:\n")
+    print("| stage | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |\n|---|" + "---:|" * len(pairs))
+    for stage in stages:
+        cells = [f"{row['time_exponent']:.2f} / {row['peak_rss_exponent']:.2f}" for row in exponents if row["stage"] == stage]
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    largest = sizes[-1]
+    print(f"\nprojections: v(N) = v({largest}) x (N / {largest})^e, e from {sizes[-2]} -> {largest}; on this machine:\n")
+    print("| stage | " + " | ".join(f"time at {n} | peak RSS (MB) at {n}" for n in PROJECTED_SIZES) + " |\n|---|"
+          + "---:|---:|" * len(PROJECTED_SIZES))
+    for stage in [*stages, "index, N^2"]:
+        rows = [row for row in projected if row["stage"] == stage]
+        if rows:
+            print(f"| {stage} | " + " | ".join(
+                f"{duration(row['seconds'])} | " + ("-" if row["peak_rss_bytes"] is None else f"{row['peak_rss_bytes'] / MB:.0f}")
+                for row in rows) + " |")
+    totals = [sum(row["seconds"] for row in projected if row["images"] == n and row["stage"] in stages) for n in PROJECTED_SIZES]
+    print("| stages run: sum of times | " + " | ".join(f"{duration(total)} | -" for total in totals) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="training images per run, comma-separated")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="params.yaml the scratch projects start from")
+    parser.add_argument("--teacher", default=str(REPO / "data/teacher/model.onnx"), help="the teacher ONNX (not retrained)")
+    parser.add_argument("--index-factory", help="index.factory for every size (default: --params'), e.g. IVF4096,Flat at 1M")
+    parser.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
+    parser.add_argument("--work-dir", help="folder of the scratch projects, one per size (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch projects (else each is deleted once measured)")
+    parser.add_argument("--json", help="write every measurement, exponent and projection to this JSON file")
+    args = parser.parse_args()
+
+    sizes = sorted({int(size) for size in args.sizes.split(",")})
+    teacher = Path(args.teacher).resolve()
+    if not teacher.is_file():
+        raise SystemExit(f"{teacher}: teacher ONNX not found; run `make run` first (it trains the default teacher), or pass --teacher")
+    spec = load_face_model_graph(teacher).input_spec
+    if spec.height != spec.width:
+        raise SystemExit(f"{teacher}: input is {spec.height}x{spec.width}; the synthetic faces are square")
+    base_settings = load_settings(args.params)
+    required(base_settings, args.params, "synth", "verification", "embed", "index", "mine", "train", "evaluate")
+    per_identity = base_settings.synth.student_images
+    if any(size % per_identity for size in sizes):
+        raise SystemExit(f"--sizes {args.sizes}: each must be a multiple of synth.student_images ({per_identity})")
+    base = read_params(args.params)
+    factory = args.index_factory or base_settings.index.factory
+    wanted = args.stages.split(",") if args.stages else None
+    known = [stage.name for stage in pipeline_stages(base_settings)]
+    if wanted and (unknown := set(wanted) - set(known)):
+        raise SystemExit(f"--stages: unknown {', '.join(sorted(unknown))}; the stages are {', '.join(known)}")
+
+    about = machine()
+    print(f"machine: {about['cpu']}; {about['logical_cores']} logical cores ({about['physical_cores']} physical, "
+          f"{about['usable_cores']} usable); {about['memory_bytes'] / 2**30:.1f} GiB RAM; "
+          f"GPUs: {', '.join(about['gpus']) or 'none found'}; load average {about['load_average_at_start'][0]:.2f} at start")
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="facekd-scale-"))
+    measurements: list[Measurement] = []
+    for size in sizes:
+        project = work / f"images{size}"
+        project.mkdir(parents=True, exist_ok=True)
+        params_path = project / "params.yaml"
+        params_path.write_text(yaml.safe_dump(scale_params(base, size, per_identity, teacher, spec.height, args.index_factory),
+                                               sort_keys=False))
+        settings = load_settings(params_path)
+        stages = [stage for stage in pipeline_stages(settings) if wanted is None or stage.name in wanted]
+        check_inputs(project, stages)
+        print(f"\n{size} images ({settings.synth.student_identities} identities x {per_identity}, {spec.height} px), "
+              f"teacher {teacher}, index.factory {settings.index.factory}, in {project}", flush=True)
+        measurements += measure_stages(project, stages, size)
+        if not args.keep:
+            shutil.rmtree(project)
+    if args.keep:
+        print(f"\nscratch projects kept in {work}")
+    elif not args.work_dir:
+        work.rmdir()
+
+    stage_names = list(dict.fromkeys(m.stage for m in measurements))
+    exponents = growth(measurements, stage_names, sizes)
+    projected = projections(measurements, exponents, sizes[-1], factory == "Flat") if exponents else []
+    print_report(measurements, exponents, projected, stage_names, sizes)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": about, "teacher": str(teacher), "image_size": spec.height, "index_factory": factory,
+            "sizes": sizes, "measurements": [asdict(m) for m in measurements], "exponents": exponents, "projections": projected,
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
