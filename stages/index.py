@@ -9,7 +9,7 @@ from stages.params import load_settings, required
 @click.command("index")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Local dask worker processes searching the index (0: no dask). Overrides index.workers.")
+              help="Local dask worker processes searching the index, or the streamed exact search (0: no dask). Overrides index.workers.")
 @click.option("--scheduler", default=None, help="Address of an existing dask scheduler, e.g. tcp://host:8786.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(params_path: str, workers: int | None, scheduler: str | None, quiet: bool) -> None:

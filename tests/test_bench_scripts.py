@@ -39,6 +39,12 @@ def test_mine_workers_bench() -> None:
     assert "3000 x 16, rows_per_block 500" in output and "outputs identical: True" in output
 
 
+def test_index_workers_bench() -> None:
+    output = run_bench("bench/index_workers.py", "--rows", "3000", "--dim", "16", "--factory", "streamed",
+                       "--factory", "Flat", "--rows-per-search", "500")
+    assert output.count("kNN files identical: True") == 2 and "streamed, 3000 x 16" in output
+
+
 def test_inspection_bench() -> None:
     output = run_bench("bench/inspection.py", "--images", "300", "--records", "300", "--shown", "3", "--repeats", "1",
                        "--suspicious-rows", "4000", "--rows-per-pass", "1000")

@@ -72,7 +72,7 @@ class IndexConfig(ConfigModel):
     workers: int = Field(
         0, ge=0, le=MOST_PROCESSES, description="Local dask worker processes searching query blocks, each loading the index once "
         "(index.threads FAISS threads each, 0: this machine's cores; CPU only); 0: in this process. "
-        "The streamed exact search always runs in this process.",
+        "The streamed exact search sends its query passes to them (index.memory_gb each; GPU backends: worker i on GPU i).",
     )
 
 

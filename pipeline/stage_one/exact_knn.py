@@ -11,32 +11,38 @@ scores up to float rounding.
 Backends (`choose_backend`): FAISS on the CPU (`faiss.knn`, Flat's BLAS blocking), FAISS on the
 GPU (`faiss.knn_gpu`, k + 1 <= 2048), and torch (blocked float32 matmul + topk), which runs the
 search on a GPU where faiss-gpu is missing, cannot load, or k + 1 exceeds FAISS's GPU limit.
+The passes can run on dask workers (`index.workers`, `--scheduler`), one pass per task, each worker
+on its own GPU where there are several.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.dask_cluster import map_in_order
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer
 from pipeline.stage_one.index import (
-    DEVICES, GPU_MAX_K, IndexMetadata, KnnSummary, configure_faiss, drop_self, faiss_has_gpu, publish_index,
+    DEVICES, GPU_MAX_K, IndexMetadata, KnnSummary, configure_faiss, drop_self, faiss_has_gpu, knn_search_client,
+    publish_index, worker_threads,
 )
 from pipeline.stage_one.config import IndexConfig
 from pipeline.stage_one.knn_file import write_knn
 from pipeline.stage_one.store import EmbeddingStore, check_finite_rows
 from pipeline.stage_one.store_views import iter_unit_vectors, usable_rows
+from pipeline.stage_one.worker_store import StoreFile, store_on_worker
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("faiss-cpu", "faiss-gpu", "torch-cpu", "torch-cuda")
+PASS_BLOCKS_MOST = 4  # store blocks of queries per pass at most: 4 x 65,536 rows by default
 TORCH_QUERY_BLOCK = 2048  # queries per torch matmul: a 2048 x block_size float32 similarity matrix
 
 # (queries Q x D, database B x D, k) -> (similarities Q x k, database positions Q x k), best first
@@ -61,17 +67,19 @@ def choose_backend(device: str, faiss_gpu: bool, torch_gpu: bool, k_searched: in
     return "faiss-cpu", "no GPU"
 
 
-def block_search(backend: str) -> BlockSearch:
-    """The exact top-k search of a query block against a database block on `backend`."""
+def block_search(backend: str, gpu: int = 0) -> BlockSearch:
+    """The exact top-k search of a query block against a database block on `backend` (on GPU number `gpu`)."""
     if backend == "faiss-cpu":
         return lambda queries, database, k: faiss.knn(queries, database, k, metric=faiss.METRIC_INNER_PRODUCT)
     if backend == "faiss-gpu":
         resources = faiss.StandardGpuResources()
         return lambda queries, database, k: faiss.knn_gpu(
-            resources, queries, database, k, metric=faiss.METRIC_INNER_PRODUCT
+            resources, queries, database, k, metric=faiss.METRIC_INNER_PRODUCT, device=gpu
         )
-    if backend in ("torch-cpu", "torch-cuda"):
-        return _torch_search(torch.device(backend.removeprefix("torch-")))
+    if backend == "torch-cpu":
+        return _torch_search(torch.device("cpu"))
+    if backend == "torch-cuda":
+        return _torch_search(torch.device("cuda", gpu))
     raise FacekdError(f"exact search backend is {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -108,42 +116,46 @@ def memory_budget_bytes(gigabytes: float) -> int:
 
 
 def query_rows_per_pass(memory_bytes: int, dim: int, k: int, block_size: int) -> int:
-    """Queries held at once (about): their vectors and results in what the budget leaves after
-    one database block, rounded down to whole store blocks (at least one)."""
+    """Queries held at once: about what the budget leaves after one database block for their vectors and
+    results, in whole store blocks, at least one and at most PASS_BLOCKS_MOST (so that dask workers and
+    GPUs have passes to share; a pass costs one more read of the store, small beside its pass_rows x N
+    similarities). Independent of the number of workers, so a run on workers makes the same passes."""
     per_query = 4 * dim + 4 * (k + 1) * (4 + 8)  # float32 vector; running, block and merged results
     left = memory_bytes - block_size * 4 * dim
-    return max(1, left // per_query // block_size) * block_size
+    return min(max(1, left // per_query // block_size), PASS_BLOCKS_MOST) * block_size
 
 
-def streamed_knn_blocks(
-    store: EmbeddingStore, view: str, k: int, search: BlockSearch, block_size: int, pass_rows: int,
-    progress: bool,
+def search_pass(
+    store: EmbeddingStore, view: str, first: int, end: int, k: int, search: BlockSearch, block_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(usable rows of store rows [first, end), their k nearest other usable rows, similarities): the pass's
+    queries held in memory, the database streamed from the store."""
+    query_blocks = list(iter_unit_vectors(store, view, block_size, first, end))
+    if not query_blocks:
+        return np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    query_rows = np.concatenate([rows for rows, _ in query_blocks])
+    queries = np.concatenate([vectors for _, vectors in query_blocks])
+    del query_blocks
+    found_rows, similarities = search_streamed(store, view, queries, k + 1, search, block_size)
+    return query_rows, *drop_self(found_rows, similarities, query_rows, k)
+
+
+def knn_blocks(
+    passes: list[tuple[int, int]], searched: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int,
+    block_size: int, bar: tqdm,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first store row, neighbours, similarities) for every block of `block_size` store rows, in
-    order: each usable row's k nearest other usable rows (store rows; -1 / NaN for skipped rows)."""
-    bar = tqdm(total=len(usable_rows(store)), unit="query", desc="exact kNN (streamed)", disable=not progress)
-    for first in range(0, len(store), pass_rows):
-        end = min(first + pass_rows, len(store))
-        query_blocks = list(iter_unit_vectors(store, view, block_size, first, end))
-        if query_blocks:
-            query_rows = np.concatenate([rows for rows, _ in query_blocks])
-            queries = np.concatenate([vectors for _, vectors in query_blocks])
-            del query_blocks
-            found_rows, similarities = search_streamed(store, view, queries, k + 1, search, block_size)
-            found_rows, similarities = drop_self(found_rows, similarities, query_rows, k)
-        else:
-            query_rows = np.zeros(0, np.int64)
+    """(first store row, neighbours, similarities) for every block of `block_size` store rows, in order, from the
+    passes' results (-1 / NaN for skipped rows)."""
+    for (first, end), (query_rows, found_rows, similarities) in zip(passes, searched):
         for start in range(first, end, block_size):
             stop = min(start + block_size, end)
             in_block = (query_rows >= start) & (query_rows < stop)
             block_neighbours = np.full((stop - start, k), -1, np.int64)
             block_similarities = np.full((stop - start, k), np.nan, np.float32)
-            if in_block.any():
-                block_neighbours[query_rows[in_block] - start] = found_rows[in_block]
-                block_similarities[query_rows[in_block] - start] = similarities[in_block]
+            block_neighbours[query_rows[in_block] - start] = found_rows[in_block]
+            block_similarities[query_rows[in_block] - start] = similarities[in_block]
             yield start, block_neighbours, block_similarities
         bar.update(len(query_rows))
-    bar.close()
 
 
 def search_streamed(
@@ -161,11 +173,16 @@ def search_streamed(
 
 
 def search_exact_streamed(
-    store: EmbeddingStore, config: IndexConfig, *, backend: str | None, progress: bool
+    store: EmbeddingStore, config: IndexConfig, *, backend: str | None, progress: bool, scheduler: str | None = None
 ) -> KnnSummary:
     """Every usable image's `config.knn_k` nearest other images by exact search streamed from the store,
-    in at most about `config.memory_gb` of memory.
+    in at most about `config.memory_gb` of memory per process.
 
+    The queries are searched a pass at a time (as many rows as the memory budget allows), here or, with
+    `config.workers` or `scheduler`, on dask workers: each worker reads its pass's queries and streams the
+    database from the store at the same absolute path, searches on its own GPU where the backend is a GPU one
+    (local workers take the GPUs in turn: `index.workers` = the number of GPUs uses them all), and this
+    process writes the passes in order. Either way the passes are the same, so the kNN file is too.
     Writes the kNN file `search_knn` writes, and at `config.out` an index holding no vectors
     (the stage's declared output; its sidecar names the store, the view and factory "Flat").
     `backend` None: chosen from `config.device` (`choose_backend`), logged in one line.
@@ -180,13 +197,47 @@ def search_exact_streamed(
         backend, why = choose_backend(config.device, faiss_has_gpu(), torch.cuda.is_available(), k + 1)
         fallback = backend == "torch-cuda"  # shown (a warning): FAISS could not use the GPU
         log.log(logging.WARNING if fallback else logging.INFO, "exact kNN on %s (%s)", backend, why)
-    search = block_search(backend)
     metadata = write_vectorless_index(store, Path(config.out), view)
     pass_rows = query_rows_per_pass(memory_budget_bytes(config.memory_gb), store.embedding_dim, k, block_size)
-    blocks = streamed_knn_blocks(store, view, k, search, block_size, pass_rows, progress)
-    write_knn(Path(config.knn), dict(asdict(metadata), k=k, search=f"exact, streamed ({backend})"), len(store), k,
-              block_size, blocks)
+    passes = [(first, min(first + pass_rows, len(store))) for first in range(0, len(store), pass_rows)]
+    bar = tqdm(total=num_usable, unit="query", desc="exact kNN (streamed)", disable=not progress)
+    with knn_search_client(Path(config.knn), bar, config, scheduler) as client:
+        if client is not None:
+            arguments = [
+                (StoreFile.of(store), view, first, end, k, backend, block_size, worker_threads(config)) for first, end in passes
+            ]
+            searched = map_in_order(client, pass_on_worker, arguments, "exact-knn-pass")
+        else:
+            search = block_search(backend)
+            searched = (search_pass(store, view, first, end, k, search, block_size) for first, end in passes)
+        write_knn(Path(config.knn), dict(asdict(metadata), k=k, search=f"exact, streamed ({backend})"), len(store), k,
+                  block_size, knn_blocks(passes, searched, k, block_size, bar))
     return KnnSummary(Path(config.knn), backend, k, num_usable)
+
+
+_worker_search: dict[tuple[str, int], BlockSearch] = {}  # a worker's block search, made on its first pass
+
+
+def pass_on_worker(
+    source: StoreFile, view: str, first: int, end: int, k: int, backend: str, block_size: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`search_pass` on a dask worker, with `threads` FAISS / torch threads and, for a GPU backend, this
+    worker's GPU."""
+    from distributed import get_worker
+
+    configure_faiss(threads)
+    torch.set_num_threads(threads)
+    gpus = {"faiss-gpu": faiss.get_num_gpus, "torch-cuda": torch.cuda.device_count}.get(backend, lambda: 1)()
+    key = backend, gpu_of_worker(get_worker().name, gpus)
+    if key not in _worker_search:
+        _worker_search[key] = block_search(*key)
+    return search_pass(store_on_worker(source), view, first, end, k, _worker_search[key], block_size)
+
+
+def gpu_of_worker(worker_name: object, gpus: int) -> int:
+    """The GPU a dask worker searches on: a local cluster names its workers 0, 1, ..., and worker i takes
+    GPU i mod `gpus`; a worker with another name takes GPU 0."""
+    return worker_name % gpus if isinstance(worker_name, int) and gpus > 0 else 0
 
 
 def write_vectorless_index(store: EmbeddingStore, index_path: Path, view: str) -> IndexMetadata:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,13 +28,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.checksums import file_checksum, new_checksum
-from pipeline.dask_cluster import close_quietly, dask_client
+from pipeline.dask_cluster import close_quietly, dask_client, map_in_order
 from pipeline.errors import FacekdError
 from pipeline.files import exclusive_writer, write_text_atomically, written_atomically
 from pipeline.stage_one.config import IndexConfig
 from pipeline.stage_one.knn_file import write_knn
 from pipeline.stage_one.store import EmbeddingStore, check_finite_rows, check_store_hash
 from pipeline.stage_one.store_views import iter_unit_vectors, read_unit_vectors, usable_rows
+from pipeline.stage_one.worker_store import StoreFile, store_on_worker
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,8 @@ def search_knn(
 
     The query blocks (`config.rows_per_search` rows) are searched in this process (`config.workers`
     0, no `scheduler`), or as tasks on `config.workers` local dask worker processes or the cluster at
-    `scheduler`, each worker reading the index file once; either way this process writes the blocks
+    `scheduler`, each worker reading the index file once and its blocks' vectors from the store (both at
+    the same absolute paths on every worker); either way this process writes the blocks
     in order, and the index is searched with its sidecar's nprobe / ef_search. Each worker searches
     with this process's number of FAISS threads (`config.threads`; 0: this machine's cores), since
     BLAS sums in another order with another thread count: the kNN file is byte-identical to the one
@@ -322,7 +323,7 @@ def search_knn(
     """
     k, block_size = config.knn_k, config.rows_per_search
     knn_path = Path(config.knn)
-    on_dask = config.workers > 0 or scheduler is not None
+    on_dask = bool(config.workers or scheduler)
     configure_faiss(config.threads)
     rows_of_index = usable_rows(store)
     if on_dask:
@@ -347,64 +348,83 @@ def search_knn(
         if chosen == "cuda":
             index, chosen = _to_gpu(index, config.device)
     bar = tqdm(total=len(rows_of_index), unit="query", desc=f"kNN {knn_path.name}", disable=not progress)
-    queries = _query_blocks(store, metadata.view, block_size)
-    client = None
-    try:
-        if on_dask:
-            client = dask_client(config.workers, 1, scheduler)
-            # dask starts workers with one OpenMP thread; they use as many as this process would.
-            threads = config.threads or faiss.omp_get_max_threads()
+    blocks_of_rows = list(query_blocks(store, block_size))
+    with knn_search_client(knn_path, bar, config, scheduler) as client:
+        if client is not None:
             index_file = IndexFile(
-                str(Path(config.out).resolve()), metadata.index_checksum, metadata.nprobe, metadata.ef_search, threads,
+                str(Path(config.out).resolve()), metadata.index_checksum, metadata.nprobe, metadata.ef_search,
+                worker_threads(config),
             )
-            searched = _search_on_dask(client, index_file, queries, k + 1)
+            source = StoreFile.of(store)
+            arguments = [(index_file, source, metadata.view, start, stop, k + 1) for start, stop, _ in blocks_of_rows]
+            searched = map_in_order(client, search_on_worker, arguments, "knn-block")
         else:
-            searched = ((block, index.search(block.vectors, k + 1) if len(block.query_rows) else None) for block in queries)
+            searched = (search_block(index, store, metadata.view, rows, k + 1) for _, _, rows in blocks_of_rows)
 
         def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-            for block, result in searched:
-                bar.update(len(block.query_rows))
-                yield block.start, *_block_neighbours(block, result, rows_of_index, k)
+            for (start, stop, query_rows), result in zip(blocks_of_rows, searched):
+                bar.update(len(query_rows))
+                yield start, *_block_neighbours(stop - start, start, query_rows, result, rows_of_index, k)
 
         write_knn(knn_path, dict(asdict(metadata), k=k), len(store), k, block_size, blocks())
+    return KnnSummary(knn_path, chosen, k, len(rows_of_index))
+
+
+@contextmanager
+def knn_search_client(knn_path: Path, bar: tqdm, config: IndexConfig, scheduler: str | None) -> Iterator[Any]:
+    """The dask client of a kNN search written to `knn_path` (None: `config.workers` 0 and no `scheduler`, search
+    here); Ctrl-C becomes a clear error, and the progress bar and a local cluster are closed however it ends."""
+    client = None
+    try:
+        if config.workers or scheduler:
+            client = dask_client(config.workers, 1, scheduler)
+        yield client
     except KeyboardInterrupt:
         raise FacekdError(f"{knn_path}: interrupted; no kNN file written: run `facekd index` again") from None
     finally:
         bar.close()
         if client is not None:
             close_quietly(client)
-    return KnnSummary(knn_path, chosen, k, len(rows_of_index))
 
 
-@dataclass(frozen=True)
-class QueryBlock:
-    """Store rows start:stop, of which `query_rows` are usable, and their unit vectors."""
-
-    start: int
-    stop: int
-    query_rows: np.ndarray
-    vectors: np.ndarray | None
+def worker_threads(config: IndexConfig) -> int:
+    """FAISS / BLAS threads of each dask worker: as many as this process uses (`config.threads`, 0: its
+    OpenMP default), since dask starts workers with one and sums in another order would move similarities."""
+    return config.threads or faiss.omp_get_max_threads()
 
 
-def _query_blocks(store: EmbeddingStore, view: str, block_size: int) -> Iterator[QueryBlock]:
+def query_blocks(store: EmbeddingStore, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, usable rows) of every block of `block_size` store rows, in order."""
     for start in range(0, len(store), block_size):
         stop = min(start + block_size, len(store))
-        query_rows = start + np.flatnonzero(~store.skipped[start:stop])
-        vectors = read_unit_vectors(store, query_rows, view) if len(query_rows) else None
-        yield QueryBlock(start, stop, query_rows, vectors)
+        yield start, stop, _usable_rows_between(store, start, stop)
+
+
+def _usable_rows_between(store: EmbeddingStore, start: int, stop: int) -> np.ndarray:
+    return start + np.flatnonzero(~store.skipped[start:stop])
+
+
+def search_block(
+    index: faiss.Index, store: EmbeddingStore, view: str, query_rows: np.ndarray, k_searched: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """FAISS's (similarities, index rows) of `k_searched` results for some store rows (None: no rows)."""
+    if not len(query_rows):
+        return None
+    return index.search(read_unit_vectors(store, query_rows, view), k_searched)
 
 
 def _block_neighbours(
-    block: QueryBlock, result: tuple[np.ndarray, np.ndarray] | None, rows_of_index: np.ndarray, k: int
+    rows_in_block: int, start: int, query_rows: np.ndarray, result: tuple[np.ndarray, np.ndarray] | None,
+    rows_of_index: np.ndarray, k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The block's store-row neighbours and similarities from FAISS's (similarities, index rows) of k + 1 results;
     skipped rows hold -1 and NaN."""
-    block_neighbours = np.full((block.stop - block.start, k), -1, np.int64)
-    block_similarities = np.full((block.stop - block.start, k), np.nan, np.float32)
+    block_neighbours = np.full((rows_in_block, k), -1, np.int64)
+    block_similarities = np.full((rows_in_block, k), np.nan, np.float32)
     if result is not None:
-        found_rows, similarities = found_store_rows(result, rows_of_index, block.query_rows, k)
-        block_neighbours[block.query_rows - block.start] = found_rows
-        block_similarities[block.query_rows - block.start] = np.where(found_rows >= 0, similarities, np.nan)
+        found_rows, similarities = found_store_rows(result, rows_of_index, query_rows, k)
+        block_neighbours[query_rows - start] = found_rows
+        block_similarities[query_rows - start] = np.where(found_rows >= 0, similarities, np.nan)
     return block_neighbours, block_similarities
 
 
@@ -448,33 +468,12 @@ def _index_on_worker(index_file: IndexFile) -> faiss.Index:
     return _worker_index[index_file]
 
 
-def search_on_worker(index_file: IndexFile, vectors: np.ndarray, k_searched: int) -> tuple[np.ndarray, np.ndarray]:
-    """One query block's (similarities, index rows) of `k_searched` results, searched on a dask worker."""
-    return _index_on_worker(index_file).search(vectors, k_searched)
-
-
-def _search_on_dask(
-    client: Any, index_file: IndexFile, queries: Iterator[QueryBlock], k_searched: int
-) -> Iterator[tuple[QueryBlock, tuple[np.ndarray, np.ndarray] | None]]:
-    """The query blocks with their results, in order; at most two blocks per worker in flight, so neither
-    queries nor results pile up in memory."""
-    window = 2 * max(1, len(client.scheduler_info()["workers"]))
-    run_id = uuid.uuid4().hex  # task keys unique on a cluster that other clients share
-    in_flight: deque[tuple[QueryBlock, Any]] = deque()
-    for block in queries:
-        future = None
-        if len(block.query_rows):
-            (vectors,) = client.scatter([block.vectors])  # sent as data, not inside the task graph
-            future = client.submit(
-                search_on_worker, index_file, vectors, k_searched, key=f"knn-block-{block.start}-{run_id}",
-            )
-        in_flight.append((block, future))
-        if len(in_flight) >= window:
-            done, future = in_flight.popleft()
-            yield done, future.result() if future is not None else None
-    while in_flight:
-        done, future = in_flight.popleft()
-        yield done, future.result() if future is not None else None
+def search_on_worker(
+    index_file: IndexFile, source: StoreFile, view: str, start: int, stop: int, k_searched: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`search_block` of store rows [start, stop) on a dask worker, which reads them from the store itself."""
+    store = store_on_worker(source)
+    return search_block(_index_on_worker(index_file), store, view, _usable_rows_between(store, start, stop), k_searched)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:

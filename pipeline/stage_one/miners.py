@@ -8,7 +8,6 @@ them batch by batch, each reading its batch from the store, and this process wri
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from pipeline.stage_one.pair_queries import write_suspicious_csv
 from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, PairTable, PairTableWriter
 from pipeline.stage_one.store import EmbeddingStore, check_finite_rows
 from pipeline.stage_one.store_views import read_unit_vectors, usable_rows
+from pipeline.stage_one.worker_store import StoreFile, store_on_worker
 
 SIMILARITY_BUDGET = 1 << 24  # entries of one block of an identity's similarity matrix (64 MiB)
 
@@ -85,8 +85,7 @@ def hard_positives(
     if client is None:
         mined = (batch_positives(store, identities[first:last], view, count) for first, last in batches)
     else:
-        source = StoreFile(str(store.path.resolve()), store.provenance_hash, store.content_checksum)
-        arguments = [(source, first, last, view, count) for first, last in batches]
+        arguments = [(StoreFile.of(store), first, last, view, count) for first, last in batches]
         mined = map_in_order(client, positives_on_worker, arguments, "hard-positives")
     bar = tqdm(total=sum(map(len, identities)), unit="img", desc="hard positives", disable=not progress)
     for rows, batch_partners, batch_similarities in mined:
@@ -135,44 +134,19 @@ def batch_positives(
     return rows, partners, similarities
 
 
-@dataclass(frozen=True)
-class StoreFile:
-    """The store a dask worker mines from: where it is (absolute) and what it must hold."""
-
-    path: str
-    provenance_hash: str
-    content_checksum: str | None
-
-
-_worker_store: dict[StoreFile, tuple[EmbeddingStore, list[np.ndarray]]] = {}  # the store a worker holds open
+_worker_identities: dict[StoreFile, list[np.ndarray]] = {}  # the rows of each identity of the store a worker holds
 
 
 def positives_on_worker(
     source: StoreFile, first: int, last: int, view: str, count: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`batch_positives` of identities [first, last) on a dask worker, which opens the store (and groups its
-    rows by identity) on its first batch and keeps it for the next ones."""
-    if source not in _worker_store:
-        for store, _ in _worker_store.values():
-            store.close()
-        _worker_store.clear()
-        store = _opened_on_worker(source)
-        _worker_store[source] = store, identities_of(store)
-    store, identities = _worker_store[source]
-    return batch_positives(store, identities[first:last], view, count)
-
-
-def _opened_on_worker(source: StoreFile) -> EmbeddingStore:
-    """The store at `source.path`, refused unless it is the one this process mines."""
-    if Path(source.path).is_file():
-        store = EmbeddingStore(source.path)
-        if (store.provenance_hash, store.content_checksum) == (source.provenance_hash, source.content_checksum):
-            return store
-        store.close()
-    raise FacekdError(
-        f"{source.path}: missing on this dask worker, or not the store mining started with (provenance hash "
-        f"{source.provenance_hash}, checksum {source.content_checksum}); workers need the same file at the same path"
-    )
+    rows by identity) on its first batch and keeps both for the next ones."""
+    store = store_on_worker(source)
+    if source not in _worker_identities:
+        _worker_identities.clear()
+        _worker_identities[source] = identities_of(store)
+    return batch_positives(store, _worker_identities[source][first:last], view, count)
 
 
 def mine_and_report(config: MineConfig, *, progress: bool, scheduler: str | None = None) -> MiningSummary:

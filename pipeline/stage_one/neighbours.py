@@ -2,7 +2,6 @@
 streamed from the store when a Flat index would not fit in `index.memory_gb`."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from pipeline.errors import FacekdError
@@ -12,8 +11,6 @@ from pipeline.stage_one.index import IndexMetadata, KnnSummary, build_index, sea
 from pipeline.stage_one.recall_target import tuned_search_breadth
 from pipeline.stage_one.store import EmbeddingStore
 from pipeline.stage_one.store_views import usable_rows
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,9 +29,8 @@ def find_neighbours(
 
     `knn_k` is checked against the store before any index is built; `settings_file` (where `config`
     came from) is named in that error. An approximate index is searched with the nprobe / ef_search that
-    reaches `config.recall_target` (pipeline/stage_one/recall_target.py). The index search runs on
-    `config.workers` local dask workers or the cluster at `scheduler` when given; the streamed exact
-    search always runs in this process.
+    reaches `config.recall_target` (pipeline/stage_one/recall_target.py). Either search runs on
+    `config.workers` local dask workers or the cluster at `scheduler` when given.
     """
     with EmbeddingStore(config.store) as store:
         usable = len(usable_rows(store))
@@ -46,9 +42,7 @@ def find_neighbours(
         flat_index_bytes = usable * store.embedding_dim * 4
         if config.factory == "Flat" and flat_index_bytes > memory_budget_bytes(config.memory_gb):
             # An exact index would not fit: the same search, with the vectors read from the store block by block.
-            if config.workers or scheduler:
-                log.warning("the exact search streamed from the store runs in this process; index.workers / --scheduler are not used")
-            knn = search_exact_streamed(store, config, backend=None, progress=progress)
+            knn = search_exact_streamed(store, config, backend=None, progress=progress, scheduler=scheduler)
             return NeighbourSearch(knn, None, flat_index_bytes)
         metadata = build_index(
             store, config, progress=progress, choose_search_breadth=lambda index: tuned_search_breadth(index, store, config)

@@ -9,7 +9,10 @@ import yaml
 
 from pipeline.errors import FacekdError
 from pipeline.stage_one.config import IndexConfig
-from pipeline.stage_one.exact_knn import choose_backend, merge_top_k, query_rows_per_pass, search_exact_streamed
+from pipeline.stage_one import exact_knn
+from pipeline.stage_one.exact_knn import (
+    PASS_BLOCKS_MOST, choose_backend, gpu_of_worker, merge_top_k, query_rows_per_pass, search_exact_streamed,
+)
 from pipeline.stage_one.index import GPU_MAX_K, load_index
 from pipeline.stage_one.knn_file import KnnFile
 from pipeline.stage_one.store import EmbeddingStore
@@ -50,6 +53,33 @@ def test_streamed_search_writes_a_vectorless_index_with_its_sidecar(tmp_path: Pa
         assert knn.attrs["factory"] == "Flat" and knn.attrs["search"] == "exact, streamed (faiss-cpu)"
 
 
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch-cpu"])
+def test_streamed_search_on_dask_workers_writes_the_same_knn_file(tmp_path: Path, random_store: Path, backend: str) -> None:
+    """Query passes (one store block each) searched on 2 worker processes, each streaming the store itself: the
+    kNN file is byte-identical to this process's, on a cluster given by address and on index.workers local ones."""
+    from distributed import Client, LocalCluster
+
+    settings = dict(backend=backend, memory_gb=1e-9, rows_per_search=50)
+    streamed_search(random_store, tmp_path, k=10, **settings)
+    here = (tmp_path / "streamed.h5").read_bytes()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        config = IndexConfig(out=str(tmp_path / "none.faiss"), knn=str(tmp_path / "streamed.h5"), knn_k=10,
+                             memory_gb=1e-9, rows_per_search=50)
+        with EmbeddingStore(random_store) as store:
+            search_exact_streamed(store, config, backend=backend, progress=False, scheduler=cluster.scheduler_address)
+        assert (tmp_path / "streamed.h5").read_bytes() == here
+        with Client(cluster) as client:
+            searched_on = client.run(lambda: sorted(exact_knn._worker_search))
+        assert [(backend, 0)] in searched_on.values(), "the passes were searched on the workers"
+    streamed_search(random_store, tmp_path, k=10, workers=2, **settings)
+    assert (tmp_path / "streamed.h5").read_bytes() == here
+
+
+def test_local_workers_take_the_gpus_in_turn() -> None:
+    assert [gpu_of_worker(name, 2) for name in range(5)] == [0, 1, 0, 1, 0]
+    assert gpu_of_worker("tcp://10.0.0.5:40000", 4) == 0 and gpu_of_worker(3, 0) == 0
+
+
 def test_merge_keeps_the_best_and_the_earlier_of_equal_scores() -> None:
     best = np.array([[0.9, 0.5, -np.inf]], np.float32), np.array([[4, 7, -1]])
     block = np.array([[0.7, 0.5, 0.1]], np.float32), np.array([[12, 10, 11]])
@@ -60,8 +90,9 @@ def test_merge_keeps_the_best_and_the_earlier_of_equal_scores() -> None:
 
 def test_query_passes_fill_the_memory_budget_in_whole_blocks() -> None:
     assert query_rows_per_pass(0, 512, 32, 1000) == 1000
-    rows = query_rows_per_pass(8 << 30, 512, 32, 65536)
-    assert rows % 65536 == 0 and 2_000_000 < rows < 4_200_000  # ~2.4 KB a query in ~8 GB
+    # ~3.6 KB a query: 1 GiB holds 3 blocks of 65,536 queries after one database block
+    assert query_rows_per_pass(1 << 30, 512, 32, 65536) == 3 * 65536
+    assert query_rows_per_pass(8 << 30, 512, 32, 65536) == PASS_BLOCKS_MOST * 65536  # passes left for workers
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ from pipeline.data.image_folder import ImageFolderDataset
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.hdf5 import written_hdf5
 from pipeline.stage_one.index import build_index, search_knn
-from pipeline.stage_one.miners import StoreFile, lowest_similarities, mine_and_report, mine_pairs, positives_on_worker
+from pipeline.stage_one import worker_store
+from pipeline.stage_one.miners import lowest_similarities, mine_and_report, mine_pairs, positives_on_worker
+from pipeline.stage_one.worker_store import StoreFile
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
 from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pair_passes, suspicious_pairs
 from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, Pairs, PairTable, PairTableWriter
@@ -317,7 +319,7 @@ def test_mining_on_dask_workers_writes_the_same_outputs(tmp_path: Path, interlea
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert mined_outputs(interleaved_store, tmp_path, scheduler=cluster.scheduler_address) == here
         with Client(cluster) as client:
-            holding_the_store = client.run(lambda: bool(miners._worker_store))
+            holding_the_store = client.run(lambda: bool(miners._worker_identities))
     assert any(holding_the_store.values()), "the batches were mined on the workers"
 
 
@@ -325,6 +327,6 @@ def test_a_worker_refuses_another_store(tmp_path: Path, uneven_store: Path) -> N
     with EmbeddingStore(uneven_store) as store:
         checksum = store.content_checksum
     for source in (StoreFile(str(uneven_store), "0" * 64, checksum), StoreFile(str(tmp_path / "absent.h5"), "0" * 64, None)):
-        with pytest.raises(FacekdError, match=r"missing on this dask worker, or not the store mining started with"):
+        with pytest.raises(FacekdError, match=r"missing on this dask worker, or not the store this command started with"):
             positives_on_worker(source, 0, 1, "image", 2)
-    assert not miners._worker_store
+    assert not worker_store._opened
