@@ -4,6 +4,7 @@ a user runs, at each size, timed alone, with its memory and outputs measured.
     .venv/bin/python bench/scale.py                                        # 10k, 100k and 1M images
     .venv/bin/python bench/scale.py --sizes 2000,10000 --json scale.json   # small sizes first
     .venv/bin/python bench/scale.py --sizes 1000000 --index-factory IVF4096,Flat --stages synth,embed,index,mine
+    .venv/bin/python bench/scale.py --index-factory ivf     # IVF<~4 sqrt(N)>,Flat at each size, nprobe tuned to recall
 
 Needs a trained teacher ONNX (`--teacher`, default data/teacher/model.onnx: `make run` first); the
 teacher is not retrained. For each size N, a scratch project (under `--work-dir`, or a temporary
@@ -85,6 +86,24 @@ class Measurement:
     cpu_seconds: float
     peak_rss_bytes: int
     output_bytes: int
+    details: str = ""  # what the stage chose: the index's factory, nprobe and measured recall
+
+
+def ivf_factory(images: int) -> str:
+    """README's IVF recommendation for `images`: nlist the power of two at or above 4 x sqrt(N), vectors kept (`,Flat`)."""
+    return f"IVF{2 ** math.ceil(math.log2(4 * math.sqrt(images)))},Flat"
+
+
+def index_details(project: Path, settings: Settings) -> str:
+    """The built index's factory, nprobe and recall@knn_k against exact search, from its sidecar."""
+    sidecar = project / f"{settings.index.out}.json"
+    if not sidecar.is_file():
+        return ""
+    metadata = json.loads(sidecar.read_text())
+    if metadata.get("recall") is None:
+        return metadata["factory"]
+    return (f"{metadata['factory']}, nprobe {metadata['nprobe']}: recall@{settings.index.knn_k} {metadata['recall']:.3f} "
+            f"vs exact on {metadata['recall_queries']} images")
 
 
 def machine() -> dict:
@@ -112,7 +131,7 @@ def scale_params(base: dict, images: int, images_per_identity: int, teacher: Pat
         overrides["epochs"] = 1
     params["evaluate"]["pairs"] = params["verification"]["out"]
     if index_factory:
-        params["index"]["factory"] = index_factory
+        params["index"]["factory"] = ivf_factory(images) if index_factory == "ivf" else index_factory
     return params
 
 
@@ -202,15 +221,17 @@ def run_measured(command: list[str], cwd: Path, log: Path) -> tuple[float, float
     return seconds, children_cpu_seconds() - cpu_before, peak
 
 
-def measure_stages(project: Path, stages: list[Stage], images: int) -> list[Measurement]:
+def measure_stages(project: Path, settings: Settings, stages: list[Stage], images: int) -> list[Measurement]:
     """Run each stage alone, in order, each from a clean slate of its outputs."""
     measurements = []
     for stage in stages:
         remove_outputs(project, stage)
         seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, project / f"{stage.name}.log")
         outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
-        measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs)
-        print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, output {measured.output_bytes / MB:.1f} MB", flush=True)
+        details = index_details(project, settings) if stage.name == "index" else ""
+        measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs, details)
+        print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, "
+              f"output {measured.output_bytes / MB:.1f} MB" + (f"; {details}" if details else ""), flush=True)
         measurements.append(measured)
     return measurements
 
@@ -266,17 +287,17 @@ def duration(seconds: float) -> str:
 
 def print_report(measurements: list[Measurement], exponents: list[dict], projected: list[dict], stages: list[str],
                  sizes: list[int]) -> None:
-    print("\n| stage | images | time | time per image | CPU time | peak RSS (MB) | output (MB) |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| stage | images | time | time per image | CPU time | peak RSS (MB) | output (MB) | index |\n|---|---:|---:|---:|---:|---:|---:|---|")
     for stage in stages:
         for m in [m for m in measurements if m.stage == stage]:
             print(f"| {stage} | {m.images} | {duration(m.seconds)} | {1000 * m.seconds / m.images:.3f} ms | "
-                  f"{duration(m.cpu_seconds)} | {m.peak_rss_bytes / MB:.0f} | {m.output_bytes / MB:.1f} |")
+                  f"{duration(m.cpu_seconds)} | {m.peak_rss_bytes / MB:.0f} | {m.output_bytes / MB:.1f} | {m.details} |")
     for size in sizes:
         at_size = [m for m in measurements if m.images == size]
         total = sum(m.seconds for m in at_size)
         print(f"| stages run: sum of times, largest peak, sum of outputs | {size} | {duration(total)} | "
               f"{1000 * total / size:.3f} ms | {duration(sum(m.cpu_seconds for m in at_size))} | {max(m.peak_rss_bytes for m in at_size) / MB:.0f} | "
-              f"{sum(m.output_bytes for m in at_size) / MB:.1f} |")
+              f"{sum(m.output_bytes for m in at_size) / MB:.1f} | |")
     if not exponents:
         return
     pairs = list(zip(sizes, sizes[1:]))
@@ -304,7 +325,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="training images per run, comma-separated")
     parser.add_argument("--params", default=str(REPO / "params.yaml"), help="params.yaml the scratch projects start from")
     parser.add_argument("--teacher", default=str(REPO / "data/teacher/model.onnx"), help="the teacher ONNX (not retrained)")
-    parser.add_argument("--index-factory", help="index.factory for every size (default: --params'), e.g. IVF4096,Flat at 1M")
+    parser.add_argument("--index-factory", help="index.factory for every size (default: --params'), e.g. IVF4096,Flat at 1M; "
+                        "ivf: README's recommendation per size, IVF<power of two >= 4 sqrt(N)>,Flat")
     parser.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     parser.add_argument("--work-dir", help="folder of the scratch projects, one per size (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch projects (else each is deleted once measured)")
@@ -347,7 +369,7 @@ def main() -> None:
         check_inputs(project, stages)
         print(f"\n{size} images ({settings.synth.student_identities} identities x {per_identity}, {spec.height} px), "
               f"teacher {teacher}, index.factory {settings.index.factory}, in {project}", flush=True)
-        measurements += measure_stages(project, stages, size)
+        measurements += measure_stages(project, settings, stages, size)
         if not args.keep:
             shutil.rmtree(project)
     if args.keep:

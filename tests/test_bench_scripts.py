@@ -70,3 +70,12 @@ def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:
     assert {row["stage"] for row in report["exponents"]} == set(stages)
     assert {row["images"] for row in report["projections"]} == {5_800_000, 42_000_000}
     assert list((tmp_path / "work").iterdir()) == []  # each scratch project is deleted once measured
+
+
+def test_scale_bench_picks_readmes_ivf_per_size() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale import ivf_factory
+
+    assert [ivf_factory(n) for n in (10_000, 100_000, 1_000_000, 5_800_000)] == [
+        "IVF512,Flat", "IVF2048,Flat", "IVF4096,Flat", "IVF16384,Flat",
+    ]
