@@ -5,6 +5,7 @@ a user runs, at each size, timed alone, with its memory and outputs measured.
     .venv/bin/python bench/scale.py --sizes 2000,10000 --json scale.json   # small sizes first
     .venv/bin/python bench/scale.py --sizes 1000000 --index-factory IVF4096,Flat --stages synth,embed,index,mine
     .venv/bin/python bench/scale.py --index-factory ivf     # IVF<~4 sqrt(N)>,Flat at each size, nprobe tuned to recall
+    .venv/bin/python bench/scale.py --sizes 1000000 --json large.json --merge small.json   # one report over both runs
 
 Needs a trained teacher ONNX (`--teacher`, default data/teacher/model.onnx: `make run` first); the
 teacher is not retrained. For each size N, a scratch project (under `--work-dir`, or a temporary
@@ -32,6 +33,8 @@ fixed-size held-out set of synth, verification and evaluate) keep e low at small
 index (`Flat`) computes N^2 distances, so its time tends to exponent 2 once those dominate: for
 Flat an `index, N^2` row projects with e = 2 from the largest size. Projections assume this
 machine; scaling with workers and cores is measured by bench/embed.py and bench/index_workers.py.
+`--json` is rewritten after every stage, so a long run stopped part way keeps what it measured;
+`--merge` adds earlier runs' measurements (other sizes, other stages) to the report.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ import psutil
 import yaml
 
 from pipeline.face_model import load_face_model_graph
+from pipeline.files import write_text_atomically
 from pipeline.settings import Settings
 from stages.params import load_settings, read_params, required
 from stages.repro import cpu_name
@@ -221,19 +225,16 @@ def run_measured(command: list[str], cwd: Path, log: Path) -> tuple[float, float
     return seconds, children_cpu_seconds() - cpu_before, peak
 
 
-def measure_stages(project: Path, settings: Settings, stages: list[Stage], images: int) -> list[Measurement]:
-    """Run each stage alone, in order, each from a clean slate of its outputs."""
-    measurements = []
-    for stage in stages:
-        remove_outputs(project, stage)
-        seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, project / f"{stage.name}.log")
-        outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
-        details = index_details(project, settings) if stage.name == "index" else ""
-        measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs, details)
-        print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, "
-              f"output {measured.output_bytes / MB:.1f} MB" + (f"; {details}" if details else ""), flush=True)
-        measurements.append(measured)
-    return measurements
+def measure_stage(project: Path, settings: Settings, stage: Stage, images: int) -> Measurement:
+    """Run one stage alone, from a clean slate of its outputs."""
+    remove_outputs(project, stage)
+    seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, project / f"{stage.name}.log")
+    outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
+    details = index_details(project, settings) if stage.name == "index" else ""
+    measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs, details)
+    print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, "
+          f"output {measured.output_bytes / MB:.1f} MB" + (f"; {details}" if details else ""), flush=True)
+    return measured
 
 
 def bytes_on_disk(path: Path) -> int:
@@ -246,35 +247,36 @@ def exponent(n1: int, v1: float, n2: int, v2: float) -> float:
     return math.log(v2 / v1) / math.log(n2 / n1)
 
 
-def growth(measurements: list[Measurement], stages: list[str], sizes: list[int]) -> list[dict]:
-    """Time and peak-RSS exponents of each stage between consecutive sizes."""
-    by_key = {(m.stage, m.images): m for m in measurements}
+def growth(measurements: list[Measurement], stages: list[str]) -> list[dict]:
+    """Time and peak-RSS exponents of each stage between its consecutive measured sizes."""
     rows = []
     for stage in stages:
-        for small, large in zip(sizes, sizes[1:]):
-            a, b = by_key[stage, small], by_key[stage, large]
-            rows.append({"stage": stage, "from_images": small, "to_images": large,
-                         "time_exponent": exponent(small, a.seconds, large, b.seconds),
-                         "peak_rss_exponent": exponent(small, a.peak_rss_bytes, large, b.peak_rss_bytes)})
+        measured = sorted((m for m in measurements if m.stage == stage), key=lambda m: m.images)
+        for a, b in zip(measured, measured[1:]):
+            rows.append({"stage": stage, "from_images": a.images, "to_images": b.images,
+                         "time_exponent": exponent(a.images, a.seconds, b.images, b.seconds),
+                         "peak_rss_exponent": exponent(a.images, a.peak_rss_bytes, b.images, b.peak_rss_bytes)})
     return rows
 
 
-def projections(measurements: list[Measurement], exponents: list[dict], largest: int, quadratic_index: bool) -> list[dict]:
-    """v(N) = v(largest) x (N / largest)^e, e between the largest two sizes; the exact index also with e = 2 for time."""
-    by_stage = {m.stage: m for m in measurements if m.images == largest}
-    last = {row["stage"]: row for row in exponents if row["to_images"] == largest}
+def projections(measurements: list[Measurement], exponents: list[dict], quadratic_index: bool) -> list[dict]:
+    """v(N) = v(largest) x (N / largest)^e, e between each stage's largest two sizes; the exact index also with
+    e = 2 for time."""
+    largest = {stage: max(m.images for m in measurements if m.stage == stage) for stage in {m.stage for m in measurements}}
+    by_key = {(m.stage, m.images): m for m in measurements}
+    last = {row["stage"]: row for row in exponents if row["to_images"] == largest[row["stage"]]}
     rows = []
     for target in PROJECTED_SIZES:
-        scale = target / largest
         for stage, row in last.items():
-            measured = by_stage[stage]
+            measured, scale = by_key[stage, largest[stage]], target / largest[stage]
             rows.append({"stage": stage, "images": target, "time_exponent": row["time_exponent"],
                          "peak_rss_exponent": row["peak_rss_exponent"],
                          "seconds": measured.seconds * scale ** row["time_exponent"],
                          "peak_rss_bytes": measured.peak_rss_bytes * scale ** row["peak_rss_exponent"]})
-        if quadratic_index and "index" in by_stage:
+        if quadratic_index and "index" in last:
+            index = by_key["index", largest["index"]]
             rows.append({"stage": "index, N^2", "images": target, "time_exponent": 2.0, "peak_rss_exponent": None,
-                         "seconds": by_stage["index"].seconds * scale**2, "peak_rss_bytes": None})
+                         "seconds": index.seconds * (target / largest["index"]) ** 2, "peak_rss_bytes": None})
     return rows
 
 
@@ -301,13 +303,14 @@ def print_report(measurements: list[Measurement], exponents: list[dict], project
     if not exponents:
         return
     pairs = list(zip(sizes, sizes[1:]))
+    by_pair = {(row["stage"], row["from_images"], row["to_images"]): row for row in exponents}
     print("\ngrowth exponents e = log(v2 / v1) / log(N2 / N1), time / peak RSS:\n")
     print("| stage | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |\n|---|" + "---:|" * len(pairs))
     for stage in stages:
-        cells = [f"{row['time_exponent']:.2f} / {row['peak_rss_exponent']:.2f}" for row in exponents if row["stage"] == stage]
+        cells = [f"{row['time_exponent']:.2f} / {row['peak_rss_exponent']:.2f}" if (row := by_pair.get((stage, a, b))) else "-"
+                 for a, b in pairs]
         print(f"| {stage} | " + " | ".join(cells) + " |")
-    largest = sizes[-1]
-    print(f"\nprojections: v(N) = v({largest}) x (N / {largest})^e, e from {sizes[-2]} -> {largest}; on this machine:\n")
+    print("\nprojections: v(N) = v(N_max) x (N / N_max)^e, e between each stage's largest two sizes; on this machine:\n")
     print("| stage | " + " | ".join(f"time at {n} | peak RSS (MB) at {n}" for n in PROJECTED_SIZES) + " |\n|---|"
           + "---:|---:|" * len(PROJECTED_SIZES))
     for stage in [*stages, "index, N^2"]:
@@ -331,6 +334,9 @@ def main() -> None:
     parser.add_argument("--work-dir", help="folder of the scratch projects, one per size (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch projects (else each is deleted once measured)")
     parser.add_argument("--json", help="write every measurement, exponent and projection to this JSON file")
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="an earlier run's --json whose measurements join this report (other sizes or stages; this "
+                        "run's win where both measured a stage at a size); repeatable")
     args = parser.parse_args()
 
     sizes = sorted({int(size) for size in args.sizes.split(",")})
@@ -357,7 +363,19 @@ def main() -> None:
           f"{about['usable_cores']} usable); {about['memory_bytes'] / 2**30:.1f} GiB RAM; "
           f"GPUs: {', '.join(about['gpus']) or 'none found'}; load average {about['load_average_at_start'][0]:.2f} at start")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="facekd-scale-"))
+    earlier = [Measurement(**m) for path in args.merge for m in json.loads(Path(path).read_text())["measurements"]]
     measurements: list[Measurement] = []
+
+    def write_json(exponents: list[dict], projected: list[dict]) -> None:
+        """This run's measurements (after every stage, so that a run stopped at 1M keeps what it measured), and
+        at the end the exponents and projections over them and the merged ones."""
+        if args.json:
+            write_text_atomically(Path(args.json), json.dumps({
+                "machine": about, "teacher": str(teacher), "image_size": spec.height, "index_factory": factory,
+                "sizes": sizes, "merged": args.merge, "measurements": [asdict(m) for m in measurements],
+                "exponents": exponents, "projections": projected,
+            }, indent=2))
+
     for size in sizes:
         project = work / f"images{size}"
         project.mkdir(parents=True, exist_ok=True)
@@ -369,7 +387,9 @@ def main() -> None:
         check_inputs(project, stages)
         print(f"\n{size} images ({settings.synth.student_identities} identities x {per_identity}, {spec.height} px), "
               f"teacher {teacher}, index.factory {settings.index.factory}, in {project}", flush=True)
-        measurements += measure_stages(project, settings, stages, size)
+        for stage in stages:
+            measurements.append(measure_stage(project, settings, stage, size))
+            write_json([], [])
         if not args.keep:
             shutil.rmtree(project)
     if args.keep:
@@ -377,16 +397,12 @@ def main() -> None:
     elif not args.work_dir:
         work.rmdir()
 
-    stage_names = list(dict.fromkeys(m.stage for m in measurements))
-    exponents = growth(measurements, stage_names, sizes)
-    projected = projections(measurements, exponents, sizes[-1], factory == "Flat") if exponents else []
-    print_report(measurements, exponents, projected, stage_names, sizes)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": about, "teacher": str(teacher), "image_size": spec.height, "index_factory": factory,
-            "sizes": sizes, "measurements": [asdict(m) for m in measurements], "exponents": exponents, "projections": projected,
-        }, indent=2))
-
+    reported = [m for m in earlier if (m.stage, m.images) not in {(n.stage, n.images) for n in measurements}] + measurements
+    stage_names = list(dict.fromkeys(m.stage for m in reported))
+    exponents = growth(reported, stage_names)
+    projected = projections(reported, exponents, factory == "Flat") if exponents else []
+    print_report(reported, exponents, projected, stage_names, sorted({m.images for m in reported}))
+    write_json(exponents, projected)
 
 if __name__ == "__main__":
     main()

@@ -54,21 +54,28 @@ def test_inspection_bench() -> None:
 
 
 def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:
+    """Two runs, one size each, the second merging the first's JSON into its report."""
     params = tiny_params()  # one student: at tiny sizes `facekd train` is the slowest stage (torch start-up, ONNX export)
     params["students"] = {"unified": yaml.safe_load((REPO / "params.yaml").read_text())["students"]["unified"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    output = run_bench("bench/scale.py", "--sizes", "200,400", "--params", str(tmp_path / "params.yaml"),
-                       "--teacher", str(tiny_teacher), "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"))
+    common = ["bench/scale.py", "--params", str(tmp_path / "params.yaml"), "--teacher", str(tiny_teacher),
+              "--work-dir", str(tmp_path / "work")]
+    run_bench(*common, "--sizes", "200", "--json", str(tmp_path / "small.json"))
+    output = run_bench(*common, "--sizes", "400", "--json", str(tmp_path / "scale.json"), "--merge", str(tmp_path / "small.json"))
     stages = ["synth", "verification", "embed", "index", "mine", "train@unified", "evaluate@unified"]
     for stage in stages:
         assert f"| {stage} | 200 |" in output and f"| {stage} | 400 |" in output
     assert "| index, N^2 |" in output
-    report = json.loads((tmp_path / "scale.json").read_text())
-    assert [(m["stage"], m["images"]) for m in report["measurements"]] == [(stage, n) for n in (200, 400) for stage in stages]
+    small, report = (json.loads((tmp_path / name).read_text()) for name in ("small.json", "scale.json"))
+    assert [(m["stage"], m["images"]) for m in small["measurements"]] == [(stage, 200) for stage in stages]
+    assert [(m["stage"], m["images"]) for m in report["measurements"]] == [(stage, 400) for stage in stages]
     assert all(m["seconds"] > 0 and m["cpu_seconds"] > 0 and m["peak_rss_bytes"] > 0 and m["output_bytes"] > 0
-               for m in report["measurements"])
-    assert {row["stage"] for row in report["exponents"]} == set(stages)
+               for m in report["measurements"] + small["measurements"])
+    assert {(row["stage"], row["from_images"], row["to_images"]) for row in report["exponents"]} == {
+        (stage, 200, 400) for stage in stages
+    }
     assert {row["images"] for row in report["projections"]} == {5_800_000, 42_000_000}
+    assert "Flat" in next(m["details"] for m in report["measurements"] if m["stage"] == "index")
     assert list((tmp_path / "work").iterdir()) == []  # each scratch project is deleted once measured
 
 
