@@ -15,7 +15,8 @@ input size read from the ONNX graph; one teacher image (the teacher split is unu
 teacher; one epoch for `train` and every student; `--index-factory` if given. Everything else,
 the held-out verification set included, is as in `--params`. Then each stage runs in pipeline order
 as its own `facekd` process (dvc.yaml's and synthetic/dvc.yaml's commands): synth, verification
-(make-bin), embed, index, mine, train@<student> and evaluate@<student> for every student (the
+(make-bin), embed, index, mine, `pairs top --paths` and `pairs sheet` (20 hardest pairs each: the time to show
+a few images of a large dataset), train@<student> and evaluate@<student> for every student (the
 repository's: margin_only and unified). A stage's outputs are deleted before it runs, so it does
 its whole work (no store reuse, no checkpoint resume). `--stages` runs a subset; the inputs of the
 stages left out must exist already, in a `--work-dir` kept (`--keep`) from an earlier run.
@@ -68,6 +69,8 @@ SYNTH_OUT = "data/synth"
 STUDENT_SET = f"{SYNTH_OUT}/student"
 HELDOUT_SET = f"{SYNTH_OUT}/heldout"
 SAMPLE_SECONDS = 0.1
+SHOWN_PAIRS = 20
+PAIRS_SHEET = "pairs_sheet.png"
 PROJECTED_SIZES = (5_800_000, 42_000_000)
 MB = 1e6
 
@@ -149,6 +152,9 @@ def pipeline_stages(settings: Settings) -> list[Stage]:
         Stage("embed", ["embed", "--quiet"], [embed.dataset, embed.teacher], [embed.store]),
         Stage("index", ["index", "--quiet"], [index.store], [index.out, f"{index.out}.json", index.knn]),
         Stage("mine", ["mine", "--quiet"], [mine.store, mine.knn], [mine.out, mine.summary, mine.histogram, mine.suspicious]),
+        # inspection: the shown images are found by their store keys, without listing the dataset
+        Stage("pairs top --paths", ["pairs", "top", "--paths", "--n", str(SHOWN_PAIRS)], [mine.out, mine.store], []),
+        Stage("pairs sheet", ["pairs", "sheet", "--n", str(SHOWN_PAIRS), "--out", PAIRS_SHEET], [mine.out, mine.store], [PAIRS_SHEET]),
     ]
     for name, student in settings.students.items():
         stages.append(Stage(f"train@{name}", ["train", "--student", name, "--quiet"],
@@ -228,7 +234,8 @@ def run_measured(command: list[str], cwd: Path, log: Path) -> tuple[float, float
 def measure_stage(project: Path, settings: Settings, stage: Stage, images: int) -> Measurement:
     """Run one stage alone, from a clean slate of its outputs."""
     remove_outputs(project, stage)
-    seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, project / f"{stage.name}.log")
+    log = project / f"{stage.name.replace(' ', '_')}.log"
+    seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, log)
     outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
     details = index_details(project, settings) if stage.name == "index" else ""
     measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs, details)
