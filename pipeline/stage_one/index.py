@@ -389,7 +389,7 @@ def knn_search_client(knn_path: Path, bar: tqdm, config: IndexConfig, scheduler:
 
 def worker_threads(config: IndexConfig) -> int:
     """FAISS / BLAS threads of each dask worker: as many as this process uses (`config.threads`, 0: its
-    OpenMP default), since dask starts workers with one and sums in another order would move similarities."""
+    OpenMP default). dask starts workers with one, and BLAS sums in another order with another thread count."""
     return config.threads or faiss.omp_get_max_threads()
 
 
