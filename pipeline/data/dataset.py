@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ class FaceDataset(ABC):
     and `identity_names`, and implement `read_bytes` and `source`.
     """
 
-    keys: list[str]
+    keys: Sequence[str]  # a list, or PackedStrings for a large dataset
     labels: np.ndarray
     identity_names: list[str]
 

@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from pipeline.data.dataset import FaceDataset, KeyedImages
+from pipeline.data.packed_strings import PackedStrings
 from pipeline.errors import FacekdError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -40,9 +41,9 @@ class ImageFolderDataset(FaceDataset):
             raise FacekdError(
                 f"{self.root}: no images found (expected <identity>/<image> with suffix in {', '.join(IMAGE_SUFFIXES)})"
             )
-        self.keys = keys
+        self.keys = PackedStrings(keys)  # arrays, not lists: the dataset is pickled to every dask worker
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._sizes = sizes
+        self._sizes = np.asarray(sizes, dtype=np.int64)
 
     def path(self, index: int) -> Path:
         return self.root / self.keys[index]
@@ -54,7 +55,7 @@ class ImageFolderDataset(FaceDataset):
         return str(self.path(index))
 
     def fingerprint_items(self) -> list[bytes]:
-        return [str(size).encode() for size in self._sizes]
+        return [str(size).encode() for size in self._sizes.tolist()]
 
 
 class ImageFolderImages(KeyedImages):

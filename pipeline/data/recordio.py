@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import FaceDataset, KeyedImages
+from pipeline.data.packed_strings import PackedStrings
 from pipeline.errors import FacekdError
 from pipeline.files import written_together
 
@@ -51,14 +52,15 @@ class RecordIOFile:
         for path, what in ((self.rec_path, "RecordIO data file"), (self.idx_path, "RecordIO index file")):
             if not path.is_file():
                 raise FacekdError(f"{path}: {what} does not exist (expected an insightface train.rec + train.idx pair)")
-        self._offsets = read_idx(self.idx_path)
+        self._offsets = RecordOffsets(read_idx(self.idx_path), self.idx_path)
         rec_size = self.rec_path.stat().st_size
-        for record, offset in self._offsets.items():
-            if offset + PART_HEADER.size > rec_size:
-                raise FacekdError(
-                    f"{self.idx_path}: record {record} points to offset {offset}, past the end of "
-                    f"{self.rec_path} ({rec_size} bytes); expected the index written with this .rec file"
-                )
+        past_end = np.flatnonzero(self._offsets.offsets + PART_HEADER.size > rec_size)
+        if past_end.size:
+            record, offset = int(self._offsets.records[past_end[0]]), int(self._offsets.offsets[past_end[0]])
+            raise FacekdError(
+                f"{self.idx_path}: record {record} points to offset {offset}, past the end of "
+                f"{self.rec_path} ({rec_size} bytes); expected the index written with this .rec file"
+            )
         self._rec_size = rec_size
 
     def image_bytes(self, record: int) -> bytes:
@@ -163,14 +165,14 @@ class RecordIODataset(RecordIOFile, FaceDataset):
 
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(rec_path, idx_path)
-        self._records = self._image_records()
-        raw_labels = np.asarray([self._read_identity(record) for record in self._records], dtype=np.int64)
+        self._records = self._image_records()  # arrays, not lists: the dataset is pickled to every dask worker
+        raw_labels = np.asarray([self._read_identity(record) for record in self._records.tolist()], dtype=np.int64)
         self.identity_ids, labels = np.unique(raw_labels, return_inverse=True)
         self.identity_names = [str(identity) for identity in self.identity_ids.tolist()]
         self.labels = labels.astype(np.int64)
-        self.keys = [f"{RECORD_KEY_PREFIX}{record}" for record in self._records]
+        self.keys = PackedStrings(f"{RECORD_KEY_PREFIX}{record}" for record in self._records.tolist())
 
-    def _image_records(self) -> list[int]:
+    def _image_records(self) -> np.ndarray:
         """Records 1 .. label[0]-1 after an insightface header; otherwise every indexed record."""
         if not self._offsets:
             raise FacekdError(f"{self.idx_path}: index is empty (expected one 'index<TAB>offset' line per record)")
@@ -184,15 +186,15 @@ class RecordIODataset(RecordIOFile, FaceDataset):
                         f"{self._record_source(0)}: header label[0] = {images_end} should end the image records: "
                         f"an integer in 2..{len(self._offsets)} for the {len(self._offsets)} records in {self.idx_path}"
                     )
-                records = list(range(1, int(images_end)))
-                missing = [record for record in records if record not in self._offsets]
-                if missing:
+                records = np.arange(1, int(images_end), dtype=np.int64)
+                missing = records[~self._offsets.contains(records)]
+                if missing.size:
                     raise FacekdError(
                         f"{self.idx_path}: header record 0 says images are records 1..{int(images_end) - 1}, "
-                        f"but record {missing[0]} is not in the index ({len(missing)} missing)"
+                        f"but record {missing[0]} is not in the index ({missing.size} missing)"
                     )
                 return records
-        return list(self._offsets)
+        return self._offsets.records
 
     def _read_identity(self, record: int) -> int:
         """The first label value of `record`, reading only the record's header bytes."""
@@ -208,19 +210,17 @@ class RecordIODataset(RecordIOFile, FaceDataset):
         return int(identity)
 
     def read_bytes(self, index: int) -> bytes:
-        return self.image_bytes(self._records[index])
+        return self.image_bytes(int(self._records[index]))
 
     def source(self, index: int) -> str:
-        return self._record_source(self._records[index])
+        return self._record_source(int(self._records[index]))
 
     def fingerprint_items(self) -> list[bytes]:
         """Offset and stored extent of each record, known from the index without reading payloads."""
-        boundaries = sorted(set(self._offsets.values())) + [self._rec_size]
-        extent_ends = dict(zip(boundaries, boundaries[1:]))
-        return [
-            f"{self._offsets[record]}:{extent_ends[self._offsets[record]] - self._offsets[record]}".encode()
-            for record in self._records
-        ]
+        offsets = self._offsets.offsets_of(self._records)
+        boundaries = np.append(np.unique(self._offsets.offsets), self._rec_size)
+        extent_ends = boundaries[np.searchsorted(boundaries, offsets) + 1]
+        return [f"{offset}:{end - offset}".encode() for offset, end in zip(offsets.tolist(), extent_ends.tolist())]
 
 
 class RecordIOImages(RecordIOFile, KeyedImages):
@@ -228,7 +228,8 @@ class RecordIOImages(RecordIOFile, KeyedImages):
 
     def record_of(self, key: str) -> int:
         record = key.removeprefix(RECORD_KEY_PREFIX)
-        if not (key.startswith(RECORD_KEY_PREFIX) and record.isdigit() and int(record) in self._offsets):
+        known = record.isdigit() and len(record) <= LARGEST_INT64_DIGITS and int(record) in self._offsets
+        if not (key.startswith(RECORD_KEY_PREFIX) and known):
             raise FacekdError(
                 f"{self.idx_path}: no record for key {key!r} (expected '{RECORD_KEY_PREFIX}<record index>' "
                 f"of a record in this index; has the dataset changed since the keys were taken?)"
@@ -240,6 +241,42 @@ class RecordIOImages(RecordIOFile, KeyedImages):
 
     def source(self, key: str) -> str:
         return self._record_source(self.record_of(key))
+
+
+class RecordOffsets:
+    """An index's record -> byte offset as int64 arrays in file order, looked up through a sorted copy.
+
+    A dict of a million Python ints would be pickled, entry by entry, to every dask worker.
+    """
+
+    def __init__(self, offsets: dict[int, int], idx_path: Path) -> None:
+        try:
+            self.records = np.fromiter(offsets.keys(), dtype=np.int64, count=len(offsets))
+            self.offsets = np.fromiter(offsets.values(), dtype=np.int64, count=len(offsets))
+        except OverflowError:
+            raise FacekdError(f"{idx_path}: a record index or offset does not fit in 64 bits") from None
+        self._order = np.argsort(self.records, kind="stable")
+        self._sorted_records = self.records[self._order]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def contains(self, records: np.ndarray) -> np.ndarray:
+        """Whether each of `records` is in the index."""
+        if not len(self):
+            return np.zeros(len(records), dtype=bool)
+        positions = np.minimum(np.searchsorted(self._sorted_records, records), len(self) - 1)
+        return self._sorted_records[positions] == records
+
+    def offsets_of(self, records: np.ndarray) -> np.ndarray:
+        """The byte offsets of `records`, each of which must be in the index."""
+        return self.offsets[self._order[np.searchsorted(self._sorted_records, records)]]
+
+    def __contains__(self, record: int) -> bool:
+        return bool(self.contains(np.array([record], dtype=np.int64))[0])
+
+    def __getitem__(self, record: int) -> int:
+        return int(self.offsets_of(np.array([record], dtype=np.int64))[0])
 
 
 def default_idx_path(rec_path: Path) -> Path:

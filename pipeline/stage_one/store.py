@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def read_block_checksum(h5file: h5py.File, layout: BlockLayout, block: int) -> s
     return block_checksum(h5file["embeddings"][start:stop], h5file["norms"][start:stop], h5file["skipped"][start:stop])
 
 
-def store_checksum(block_checksums: list[str], labels: np.ndarray, keys: list[str], identity_names: list[str]) -> str:
+def store_checksum(block_checksums: list[str], labels: np.ndarray, keys: Sequence[str], identity_names: list[str]) -> str:
     """Checksum of a whole store: its blocks in order, then its labels, keys and identity names."""
     checksum = new_checksum()
     for value in block_checksums:
@@ -176,7 +177,7 @@ class StoreWriter:
         path: str | Path,
         provenance: dict[str, Any],
         labels: np.ndarray,
-        keys: list[str],
+        keys: Sequence[str],
         identity_names: list[str],
         embedding_dim: int,
         block_size: int,
@@ -198,7 +199,7 @@ class StoreWriter:
         self.finished_blocks: dict[int, str] = {}  # block -> checksum of its rows
         self.finished_blocks = self._resume_or_create(labels, keys, identity_names, embedding_dim)
         self.resumed_blocks = set(self.finished_blocks)
-        self._content = (np.asarray(labels, dtype=np.int64), list(keys), list(identity_names))
+        self._content = (np.asarray(labels, dtype=np.int64), keys, list(identity_names))  # a million keys: no copy
         try:
             self._file = h5py.File(self.partial, "r+", rdcc_nbytes=0)
         except OSError as error:
@@ -213,7 +214,7 @@ class StoreWriter:
         )
 
     def _resume_or_create(
-        self, labels: np.ndarray, keys: list[str], identity_names: list[str], embedding_dim: int
+        self, labels: np.ndarray, keys: Sequence[str], identity_names: list[str], embedding_dim: int
     ) -> dict[int, str]:
         if self.partial.exists() and self.journal.exists():
             try:
@@ -236,7 +237,7 @@ class StoreWriter:
             raise storage_error(self.partial, error, "nothing was kept") from None
         return {}
 
-    def _estimated_bytes(self, keys: list[str], identity_names: list[str], embedding_dim: int) -> int:
+    def _estimated_bytes(self, keys: Sequence[str], identity_names: list[str], embedding_dim: int) -> int:
         """An upper estimate of the store's size: its data, its strings on HDF5's heap, and room for metadata."""
         num_samples = self.layout.num_samples
         data = num_samples * (2 * embedding_dim * np.dtype(self.embedding_dtype).itemsize + 2 * 4 + 1 + 8)
@@ -255,7 +256,7 @@ class StoreWriter:
     def _encoded_provenance(self) -> dict[str, Any]:
         return {name: _decode_attribute(_encode_attribute(value)) for name, value in sorted(self.provenance.items())}
 
-    def _create(self, labels: np.ndarray, keys: list[str], identity_names: list[str], embedding_dim: int) -> None:
+    def _create(self, labels: np.ndarray, keys: Sequence[str], identity_names: list[str], embedding_dim: int) -> None:
         num_samples, chunk_rows = self.layout.num_samples, min(self.layout.block_size, self.layout.num_samples)
         with h5py.File(self.partial, "w", libver="earliest", rdcc_nbytes=0) as h5file:
             for name, value in sorted(self.provenance.items()):

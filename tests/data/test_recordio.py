@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.data.recordio import (
     RecordIODataset,
+    RecordIOImages,
     encode_record,
     read_idx,
     read_idx_line_by_line,
@@ -170,6 +171,21 @@ def test_idx_pointing_past_end_of_file(tmp_path):
     rec_path, idx_path, _ = write_stream(tmp_path, records, idx_lines=["0\t0", "1\t100000"])
     with pytest.raises(FacekdError, match=r"train.idx: record 1 points to offset 100000, past the end of"):
         RecordIODataset(rec_path, idx_path)
+
+
+def test_record_numbers_beyond_64_bits_are_refused_naming_the_index(tmp_path):
+    records = [part(0, ir_header(0, 1.0, 0) + RED)]
+    rec_path, idx_path, _ = write_stream(tmp_path, records, idx_lines=["0\t0", "1" + "0" * 19 + "\t0"])
+    with pytest.raises(FacekdError, match=r"train.idx: a record index or offset does not fit in 64 bits"):
+        RecordIODataset(rec_path, idx_path)
+
+
+def test_keys_out_of_the_index_or_beyond_64_bits_are_refused(hand_built):
+    images = RecordIOImages(*hand_built[:2])
+    assert images.read_bytes("rec:3") == RecordIODataset(*hand_built[:2]).read_bytes(2)
+    for key in ("rec:9", "rec:" + "9" * 30, "3"):
+        with pytest.raises(FacekdError, match=f"no record for key '{key}'"):
+            images.read_bytes(key)
 
 
 def test_malformed_idx_line_is_named(tmp_path):
