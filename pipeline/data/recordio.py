@@ -276,6 +276,8 @@ class RecordOffsets:
         return bool(self.contains(np.array([record], dtype=np.int64))[0])
 
     def __getitem__(self, record: int) -> int:
+        if record not in self:
+            raise KeyError(record)
         return int(self.offsets_of(np.array([record], dtype=np.int64))[0])
 
 
