@@ -52,4 +52,3 @@ class PackedStrings(Sequence[str]):
     def __repr__(self) -> str:
         shown = ", ".join(map(repr, self[:3]))
         return f"PackedStrings([{shown}{', ...' if len(self) > 3 else ''}], {len(self)} keys)"
-
