@@ -4,7 +4,8 @@ a user runs, at each size, timed alone, with its memory and outputs measured.
     .venv/bin/python bench/scale.py                                        # 10k, 100k and 1M images
     .venv/bin/python bench/scale.py --sizes 2000,10000 --json scale.json   # small sizes first
     .venv/bin/python bench/scale.py --sizes 1000000 --index-factory IVF4096,Flat --stages synth,embed,index,mine
-    .venv/bin/python bench/scale.py --index-factory ivf     # IVF<~4 sqrt(N)>,Flat at each size, nprobe tuned to recall
+    .venv/bin/python bench/scale.py --index-factory HNSW32 --ef-search 32   # README's large-store index, ef tuned to recall
+    .venv/bin/python bench/scale.py --index-factory ivf     # IVF<~N/256>,Flat at each size, nprobe tuned to recall
     .venv/bin/python bench/scale.py --sizes 1000000 --json large.json --merge small.json   # one report over both runs
 
 Needs a trained teacher ONNX (`--teacher`, default data/teacher/model.onnx: `make run` first); the
@@ -64,6 +65,8 @@ from stages.params import load_settings, read_params, required
 from stages.repro import cpu_name
 
 REPO = Path(__file__).parents[1]
+IVF_LIST_SIZE = 256  # vectors per IVF list in README's recommendation
+FLAT_QUANTIZER_MAX_LISTS = 4096  # README: an HNSW coarse quantizer above this many lists
 FACEKD = Path(sys.executable).parent / "facekd"
 SYNTH_OUT = "data/synth"
 STUDENT_SET = f"{SYNTH_OUT}/student"
@@ -97,8 +100,12 @@ class Measurement:
 
 
 def ivf_factory(images: int) -> str:
-    """README's IVF recommendation for `images`: nlist the power of two at or above 4 x sqrt(N), vectors kept (`,Flat`)."""
-    return f"IVF{2 ** math.ceil(math.log2(4 * math.sqrt(images)))},Flat"
+    """README's IVF recommendation for `images`: nlist the power of two nearest N / 256 (lists of 181 to 362
+    vectors at any N, so that a query's scan does not grow with N), an HNSW coarse quantizer above 4096 lists
+    (a flat one costs nlist x D a query), vectors kept (`,Flat`)."""
+    nlist = 2 ** max(0, round(math.log2(images / IVF_LIST_SIZE)))
+    quantizer = "_HNSW32" if nlist > FLAT_QUANTIZER_MAX_LISTS else ""
+    return f"IVF{nlist}{quantizer},Flat"
 
 
 def index_details(project: Path, settings: Settings) -> str:
@@ -107,10 +114,22 @@ def index_details(project: Path, settings: Settings) -> str:
     if not sidecar.is_file():
         return ""
     metadata = json.loads(sidecar.read_text())
+    knobs = "".join(f", {knob} {metadata[knob]}" for knob in ("nprobe", "ef_search") if metadata.get(knob) is not None)
     if metadata.get("recall") is None:
-        return metadata["factory"]
-    return (f"{metadata['factory']}, nprobe {metadata['nprobe']}: recall@{settings.index.knn_k} {metadata['recall']:.3f} "
+        return metadata["factory"] + knobs
+    return (f"{metadata['factory']}{knobs}: recall@{settings.index.knn_k} {metadata['recall']:.3f} "
             f"vs exact on {metadata['recall_queries']} images")
+
+
+def train_details(settings: Settings, stage_name: str) -> str:
+    """The margin head a train stage used: full softmax, or Partial FC's centres a step."""
+    if not stage_name.startswith("train@"):
+        return ""
+    train = settings.students[stage_name.removeprefix("train@")]
+    identities = settings.synth.student_identities
+    if train.margin_sample_rate >= 1.0:
+        return f"full softmax over {identities} identities"
+    return f"Partial FC, margin_sample_rate {train.margin_sample_rate:.3g}: {math.ceil(train.margin_sample_rate * identities)} centres a step"
 
 
 def machine() -> dict:
@@ -127,8 +146,9 @@ def machine() -> dict:
 
 
 def scale_params(base: dict, images: int, images_per_identity: int, teacher: Path, image_size: int,
-                 index_factory: str | None) -> dict:
-    """`base` with the student set at `images` synthetic images of the teacher's size, one epoch per student."""
+                 index_factory: str | None, ef_search: int | None, sampled_centres: int | None) -> dict:
+    """`base` with the student set at `images` synthetic images of the teacher's size, one epoch per student;
+    with `sampled_centres`, every student's margin head samples that many class centres a step (Partial FC)."""
     params = copy.deepcopy(base)
     params["synth"].update(size=image_size, student_identities=images // images_per_identity, teacher_identities=1, teacher_images=1)
     params["verification"]["dataset"] = HELDOUT_SET
@@ -139,6 +159,13 @@ def scale_params(base: dict, images: int, images_per_identity: int, teacher: Pat
     params["evaluate"]["pairs"] = params["verification"]["out"]
     if index_factory:
         params["index"]["factory"] = ivf_factory(images) if index_factory == "ivf" else index_factory
+    if ef_search:
+        params["index"]["ef_search"] = ef_search
+    if sampled_centres:
+        rate = min(1.0, sampled_centres / (images // images_per_identity))
+        params["train"]["margin_sample_rate"] = rate
+        for overrides in params.get("students", {}).values():
+            overrides.pop("margin_sample_rate", None)
     return params
 
 
@@ -237,7 +264,7 @@ def measure_stage(project: Path, settings: Settings, stage: Stage, images: int) 
     log = project / f"{stage.name.replace(' ', '_')}.log"
     seconds, cpu_seconds, peak = run_measured([str(FACEKD), *stage.arguments], project, log)
     outputs = sum(bytes_on_disk(project / out) for out in stage.outputs)
-    details = index_details(project, settings) if stage.name == "index" else ""
+    details = index_details(project, settings) if stage.name == "index" else train_details(settings, stage.name)
     measured = Measurement(images, stage.name, seconds, cpu_seconds, peak, outputs, details)
     print(f"  {stage.name}: {duration(seconds)} (CPU {duration(cpu_seconds)}), peak RSS {peak / MB:.0f} MB, "
           f"output {measured.output_bytes / MB:.1f} MB" + (f"; {details}" if details else ""), flush=True)
@@ -336,7 +363,11 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"), help="params.yaml the scratch projects start from")
     parser.add_argument("--teacher", default=str(REPO / "data/teacher/model.onnx"), help="the teacher ONNX (not retrained)")
     parser.add_argument("--index-factory", help="index.factory for every size (default: --params'), e.g. IVF4096,Flat at 1M; "
-                        "ivf: README's recommendation per size, IVF<power of two >= 4 sqrt(N)>,Flat")
+                        "ivf: README's recommendation per size, IVF<power of two nearest N/256>,Flat (_HNSW32 above 4096 lists)")
+    parser.add_argument("--ef-search", type=int, help="index.ef_search for every size (default: --params'): where the "
+                        "recall calibration starts for HNSW, e.g. 32 with --index-factory HNSW32")
+    parser.add_argument("--sampled-centres", type=int, help="train every student with a Partial FC head of about this "
+                        "many class centres a step (train.margin_sample_rate = min(1, this / identities); default: --params')")
     parser.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     parser.add_argument("--work-dir", help="folder of the scratch projects, one per size (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch projects (else each is deleted once measured)")
@@ -387,13 +418,15 @@ def main() -> None:
         project = work / f"images{size}"
         project.mkdir(parents=True, exist_ok=True)
         params_path = project / "params.yaml"
-        params_path.write_text(yaml.safe_dump(scale_params(base, size, per_identity, teacher, spec.height, args.index_factory),
+        params_path.write_text(yaml.safe_dump(scale_params(base, size, per_identity, teacher, spec.height, args.index_factory,
+                                                            args.ef_search, args.sampled_centres),
                                                sort_keys=False))
         settings = load_settings(params_path)
         stages = [stage for stage in pipeline_stages(settings) if wanted is None or stage.name in wanted]
         check_inputs(project, stages)
         print(f"\n{size} images ({settings.synth.student_identities} identities x {per_identity}, {spec.height} px), "
-              f"teacher {teacher}, index.factory {settings.index.factory}, in {project}", flush=True)
+              f"teacher {teacher}, index.factory {settings.index.factory}, "
+              f"train.margin_sample_rate {settings.train.margin_sample_rate:.3g}, in {project}", flush=True)
         for stage in stages:
             measurements.append(measure_stage(project, settings, stage, size))
             write_json([], [])

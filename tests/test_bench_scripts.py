@@ -60,7 +60,8 @@ def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     common = ["bench/scale.py", "--params", str(tmp_path / "params.yaml"), "--teacher", str(tiny_teacher),
               "--work-dir", str(tmp_path / "work")]
-    run_bench(*common, "--sizes", "200", "--json", str(tmp_path / "small.json"))
+    run_bench(*common, "--sizes", "200", "--json", str(tmp_path / "small.json"),  # 50 identities
+              "--index-factory", "HNSW8", "--ef-search", "4", "--sampled-centres", "10")
     output = run_bench(*common, "--sizes", "400", "--json", str(tmp_path / "scale.json"), "--merge", str(tmp_path / "small.json"))
     stages = ["synth", "verification", "embed", "index", "mine", "pairs top --paths", "pairs sheet", "train@unified",
               "evaluate@unified"]
@@ -77,7 +78,10 @@ def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:
         (stage, 200, 400) for stage in stages
     }
     assert {row["images"] for row in report["projections"]} == {5_800_000, 42_000_000}
-    assert "Flat" in next(m["details"] for m in report["measurements"] if m["stage"] == "index")
+    details = {(m["stage"], m["images"]): m["details"] for m in small["measurements"] + report["measurements"]}
+    assert details["index", 200].startswith("HNSW8, ef_search ") and "recall@" in details["index", 200]
+    assert details["train@unified", 200] == "Partial FC, margin_sample_rate 0.2: 10 centres a step"
+    assert details["index", 400].startswith("Flat") and details["train@unified", 400].startswith("full softmax over ")
     assert list((tmp_path / "work").iterdir()) == []  # each scratch project is deleted once measured
 
 
@@ -85,6 +89,6 @@ def test_scale_bench_picks_readmes_ivf_per_size() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from scale import ivf_factory
 
-    assert [ivf_factory(n) for n in (10_000, 100_000, 1_000_000, 5_800_000)] == [
-        "IVF512,Flat", "IVF2048,Flat", "IVF4096,Flat", "IVF16384,Flat",
+    assert [ivf_factory(n) for n in (100, 10_000, 100_000, 1_000_000, 5_800_000, 42_000_000)] == [
+        "IVF1,Flat", "IVF32,Flat", "IVF512,Flat", "IVF4096,Flat", "IVF16384_HNSW32,Flat", "IVF131072_HNSW32,Flat",
     ]

@@ -58,7 +58,7 @@ class IndexConfig(ConfigModel):
     )
     train_sample: int = Field(100_000, gt=0, description="Vectors that train IVF/PQ indexes (ignored by Flat/HNSW).")
     nprobe: int = Field(16, gt=0, description="IVF lists searched per query.")
-    ef_search: int = Field(128, gt=0, description="HNSW search breadth.")
+    ef_search: int = Field(32, gt=0, description="HNSW search breadth (FAISS searches at least k); the recall calibration starts here.")
     recall_target: float | None = Field(
         0.95, gt=0, le=1, description="nprobe (IVF) / ef_search (HNSW) are doubled from their setting until recall@knn_k "
         "against exact search reaches this; null: searched as set, recall not measured.",
