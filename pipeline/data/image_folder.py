@@ -13,6 +13,23 @@ from pipeline.errors import FacekdError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def packed_keys(root: Path, keys: list[str]) -> PackedStrings:
+    """The keys as `PackedStrings`; a folder or file name that is not UTF-8 (the OS hands it over surrogate-escaped)
+    is refused by name, since the keys are stored as UTF-8 text."""
+    try:
+        return PackedStrings(keys)
+    except UnicodeEncodeError:
+        for key in keys:
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                raise FacekdError(
+                    f"{root}: {os.fsencode(key)!r} is not a UTF-8 file or folder name; facekd keeps image keys as UTF-8 "
+                    "text: rename it"
+                ) from None
+        raise
+
+
 class ImageFolderDataset(FaceDataset):
     """Identities are the sorted sub-folder names; keys are `identity/file` paths.
 
@@ -41,7 +58,7 @@ class ImageFolderDataset(FaceDataset):
             raise FacekdError(
                 f"{self.root}: no images found (expected <identity>/<image> with suffix in {', '.join(IMAGE_SUFFIXES)})"
             )
-        self.keys = PackedStrings(keys)  # arrays, not lists: the dataset is pickled to every dask worker
+        self.keys = packed_keys(self.root, keys)  # arrays, not lists: the dataset is pickled to every dask worker
         self.labels = np.asarray(labels, dtype=np.int64)
         self._sizes = np.asarray(sizes, dtype=np.int64)
 

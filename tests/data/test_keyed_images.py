@@ -1,5 +1,6 @@
 """Images found by key without listing the dataset: the same bytes as the full readers, clear refusals."""
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -70,3 +71,14 @@ def test_recordio_by_key_reads_only_the_wanted_records(tmp_path: Path) -> None:
     for key in ("rec:9", "person01/000.jpg", "rec:-1"):
         with pytest.raises(FacekdError, match=rf"train\.idx: no record for key '{key}'"):
             images.read_bytes(key)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path: Path, face_folder: Path) -> None:
+    root = tmp_path / "faces"
+    shutil.copytree(face_folder, root)
+    identity = sorted(path.name for path in root.iterdir())[1]
+    first = sorted((root / identity).iterdir())[0]
+    os.rename(first, os.path.join(os.fsencode(root / identity), b"caf\xe9.jpg"))  # Latin-1, not UTF-8
+    expected = f"{root}: b'{identity}/caf\\xe9.jpg' is not a UTF-8 file or folder name; facekd keeps image keys as UTF-8"
+    with pytest.raises(FacekdError, match=re.escape(expected)):
+        ImageFolderDataset(root)
