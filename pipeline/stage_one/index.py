@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -153,19 +153,47 @@ def _built_index(
     except RuntimeError as error:
         raise FacekdError(f"index factory {factory!r} is not a valid faiss.index_factory string ({error})") from None
     trained_on = 0
-    if not index.is_trained:
-        training = _training_vectors(store, view, train_sample, seed, block_size)
-        trained_on = len(training)
-        try:
-            index.train(training)
-        except RuntimeError as error:
-            raise FacekdError(f"index factory {factory!r}: training on {trained_on} vectors failed ({error})") from None
-    bar = tqdm(total=len(usable_rows(store)), unit="img", desc=f"index {index_path.name}", disable=not progress)
-    for block_rows, vectors in iter_unit_vectors(store, view, block_size):
-        index.add(vectors)
-        bar.update(len(block_rows))
-    bar.close()
+    with faiss_threads(1) if inserts_into_hnsw(index) else nullcontext():
+        if not index.is_trained:
+            training = _training_vectors(store, view, train_sample, seed, block_size)
+            trained_on = len(training)
+            try:
+                index.train(training)
+            except RuntimeError as error:
+                raise FacekdError(f"index factory {factory!r}: training on {trained_on} vectors failed ({error})") from None
+        bar = tqdm(total=len(usable_rows(store)), unit="img", desc=f"index {index_path.name}", disable=not progress)
+        for block_rows, vectors in iter_unit_vectors(store, view, block_size):
+            index.add(vectors)
+            bar.update(len(block_rows))
+        bar.close()
     return index, trained_on
+
+
+def inserts_into_hnsw(index: faiss.Index) -> bool:
+    """Whether filling `index` inserts vectors into an HNSW graph (HNSW*, or an IVF's HNSW coarse quantizer).
+
+    FAISS inserts in whatever order its threads reach the vectors, so a graph built on several threads
+    differs from run to run (FAISS wiki, "Threads and asynchronous calls"); built on one, it is the same
+    bytes every time. Searching it is deterministic on any number of threads.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return inserts_into_hnsw(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        return True
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and inserts_into_hnsw(ivf.quantizer)
+
+
+@contextmanager
+def faiss_threads(threads: int) -> Iterator[None]:
+    """FAISS's OpenMP threads set to `threads` inside the block, restored after it."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def publish_index(

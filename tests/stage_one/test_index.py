@@ -1,13 +1,16 @@
 """The FAISS index and the all-vs-all kNN search: real FAISS, real HDF5 stores with known answers."""
 from pathlib import Path
 
+import faiss
 import h5py
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from pipeline.errors import FacekdError, ProvenanceMismatchError
 from pipeline.stage_one.index import (
-    GPU_MAX_K, build_index, faiss_has_gpu, load_index, metadata_path, recall_at_k, search_device, search_knn,
+    GPU_MAX_K, build_index, faiss_has_gpu, inserts_into_hnsw, load_index, metadata_path, recall_at_k, search_device,
+    search_knn,
 )
 from pipeline.stage_one.knn_file import KnnFile
 from pipeline.stage_one.store_views import unit_vectors
@@ -64,6 +67,44 @@ def test_approximate_index_recall_against_exact(tmp_path: Path, factory: str, bo
     if factory.startswith("IVF"):
         single_list, _ = index_and_search(store, tmp_path, k=10, factory=factory, train_sample=1600, nprobe=1)
         assert recall_at_k(single_list, exact, 10) < recall, "more probed lists should find more true neighbours"
+
+
+@pytest.mark.parametrize(("factory", "graph"), [
+    ("HNSW8", True), ("HNSW8,SQ8", True), ("IVF16_HNSW8,Flat", True), ("PCA16,HNSW8", True), ("IVF16,Flat", False),
+    ("Flat", False),
+])
+def test_indexes_that_insert_into_an_hnsw_graph_are_known(factory: str, graph: bool) -> None:
+    assert inserts_into_hnsw(faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)) is graph
+
+
+@pytest.mark.parametrize(("factory", "build_threads"), [("HNSW16", 1), ("IVF16_HNSW8,Flat", 1), ("IVF16,Flat", 8)])
+def test_an_hnsw_graph_is_built_on_one_thread_into_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str, build_threads: int
+) -> None:
+    """FAISS inserts into an HNSW graph in thread order, so it is built on one thread whatever `index.threads`
+    says (then searched on them all); other indexes are built on `index.threads`."""
+    threads_seen: list[int] = []
+
+    class ThreadsSeen(tqdm):  # the build's progress bar, updated after each added block
+        def update(self, n: float | None = 1) -> bool | None:
+            threads_seen.append(faiss.omp_get_max_threads())
+            return super().update(n)
+
+    monkeypatch.setattr("pipeline.stage_one.index.tqdm", ThreadsSeen)
+    vectors, labels = clustered_vectors(64, 40, 32, spread=0.8, seed=3)
+    store_path = write_store(tmp_path / "store.h5", vectors, labels, block_size=512)
+    threads = faiss.omp_get_max_threads()
+    checksums = []
+    with EmbeddingStore(store_path) as store:
+        for build in ("first", "second"):
+            config = index_config(tmp_path / build, factory=factory, threads=8, train_sample=1600, recall_target=None,
+                                  rows_per_search=512)
+            (tmp_path / build).mkdir()
+            checksums.append(build_index(store, config, progress=False).index_checksum)
+            assert faiss.omp_get_max_threads() == 8, "the build did not restore FAISS's threads"
+    faiss.omp_set_num_threads(threads)
+    assert set(threads_seen) == {build_threads} and len(threads_seen) == 10
+    assert checksums[0] == checksums[1]
 
 
 def test_recall_at_k_counts_shared_neighbours() -> None:
