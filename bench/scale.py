@@ -128,8 +128,19 @@ def train_details(settings: Settings, stage_name: str) -> str:
     train = settings.students[stage_name.removeprefix("train@")]
     identities = settings.synth.student_identities
     if train.margin_sample_rate >= 1.0:
-        return f"full softmax over {identities} identities"
-    return f"Partial FC, margin_sample_rate {train.margin_sample_rate:.3g}: {math.ceil(train.margin_sample_rate * identities)} centres a step"
+        head = f"full softmax over {identities} identities"
+    else:
+        head = f"Partial FC, margin_sample_rate {train.margin_sample_rate:.3g}: {math.ceil(train.margin_sample_rate * identities)} centres a step"
+    if decoded_images_fit(settings):
+        return head
+    return f"{head}; images decoded per batch, {train.num_workers} loader worker(s)"
+
+
+def decoded_images_fit(settings: Settings) -> bool:
+    """Whether training keeps the decoded student images in memory (`train.images_memory_gb`)."""
+    synth = settings.synth
+    decoded = synth.student_identities * synth.student_images * synth.size**2 * 3
+    return decoded <= settings.train.images_memory_bytes
 
 
 def machine() -> dict:
@@ -161,6 +172,8 @@ def scale_params(base: dict, images: int, images_per_identity: int, teacher: Pat
         params["index"]["factory"] = ivf_factory(images) if index_factory == "ivf" else index_factory
     if ef_search:
         params["index"]["ef_search"] = ef_search
+    if images * image_size**2 * 3 > params["train"]["images_memory_gb"] * (1 << 30):
+        params["train"]["num_workers"] = max(1, params["train"]["num_workers"])  # as README advises: read ahead
     if sampled_centres:
         rate = min(1.0, sampled_centres / (images // images_per_identity))
         params["train"]["margin_sample_rate"] = rate

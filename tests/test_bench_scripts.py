@@ -92,3 +92,18 @@ def test_scale_bench_picks_readmes_ivf_per_size() -> None:
     assert [ivf_factory(n) for n in (100, 10_000, 100_000, 1_000_000, 5_800_000, 42_000_000)] == [
         "IVF1,Flat", "IVF32,Flat", "IVF512,Flat", "IVF4096,Flat", "IVF16384_HNSW32,Flat", "IVF131072_HNSW32,Flat",
     ]
+
+
+def test_scale_bench_reads_ahead_where_the_decoded_images_do_not_fit() -> None:
+    """README's advice for training sets larger than `train.images_memory_gb` decoded: a loader worker."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale import scale_params, train_details
+
+    from pipeline.settings import validate_settings
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    fits, too_large = (validate_settings(scale_params(base, images, 20, Path("t.onnx"), 64, None, None, 1000))
+                       for images in (100_000, 1_000_000))  # 1.2 and 12.3 GB decoded; the budget is 2 GB
+    assert (fits.train.num_workers, too_large.train.num_workers) == (0, 1)
+    assert train_details(fits, "train@unified") == "Partial FC, margin_sample_rate 0.2: 1000 centres a step"
+    assert train_details(too_large, "train@unified").endswith("; images decoded per batch, 1 loader worker(s)")

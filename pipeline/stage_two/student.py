@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from pipeline.stage_two.config import TrainConfig
 from pipeline.stage_two.distill import Distiller
-from pipeline.stage_two.losses import CombinedMarginHead, ShardedMarginHead, margin_head, margin_values
+from pipeline.stage_two.losses import CombinedMarginHead, SampledCentresHead, ShardedMarginHead, margin_head, margin_values
 from pipeline.stage_two.models import build_backbone
 
 
@@ -41,8 +41,20 @@ class StudentModel(nn.Module):
         return embeddings, terms
 
     def sharded_parameter_names(self) -> list[str]:
-        """Parameters of which each rank holds its own part: DDP must neither broadcast nor average them."""
-        return ["head.weight"] if isinstance(self.head, ShardedMarginHead) else []
+        """Parameters (and buffers) of which each rank holds its own part: DDP must neither broadcast nor average them."""
+        if not isinstance(self.head, ShardedMarginHead):
+            return []
+        return ["head.weight", "head.momentum"] if self.head.samples else ["head.weight"]
+
+    def sampled_centres(self) -> list[Tensor]:
+        """The class centres of the step in flight where the head samples them (Partial FC): trained
+        by `update_sampled_centres`, not by the optimizer, yet clipped with the parameters."""
+        return self.head.sampled_parameters() if isinstance(self.head, SampledCentresHead) else []
+
+    def update_sampled_centres(self, lr: float, momentum: float, weight_decay: float) -> None:
+        """After the optimizer's step: the same SGD step for the sampled centres (none without sampling)."""
+        if isinstance(self.head, SampledCentresHead):
+            self.head.update_sampled(lr, momentum, weight_decay)
 
 
 def _margin_head(config: TrainConfig, num_classes: int, rank: int, world_size: int) -> CombinedMarginHead:

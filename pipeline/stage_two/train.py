@@ -213,6 +213,11 @@ def _train(
             log.info("margin head: %d class centres sharded over %d ranks", dataset.num_identities, world_size)
     trained = model if world_size == 1 else DistributedDataParallel(model, forward_sync_buffers=False)
     images = decode_in_memory(dataset, usable, images_memory_bytes, progress and rank == 0)
+    if images is None and config.num_workers == 0 and rank == 0:
+        log.warning(
+            "the training images do not fit in images_memory_gb once decoded: each step reads and decodes its batch "
+            "first; num_workers >= 1 does that for the next batches while the step runs"
+        )
     loader = DataLoader(
         TrainingImages(dataset, targets, images), batch_sampler=sampler, num_workers=config.num_workers,
         collate_fn=collate_training_batch, persistent_workers=config.num_workers > 0,
@@ -238,10 +243,10 @@ def _train(
                 raise FacekdError(non_finite_loss_message(dataset, terms, batch_targets, indices, epoch, step, global_step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.optim.clip_grad_norm > 0:  # the norm over every rank's centres: replicas stay alike
-                gradient_norm = norm_over_ranks(_gradients(replicated), _gradients(sharded))
-                nn.utils.clip_grads_with_norm_(model.parameters(), config.optim.clip_grad_norm, gradient_norm)
+            if config.optim.clip_grad_norm > 0:
+                _clip_gradients(model, replicated, sharded, config.optim.clip_grad_norm)
             optimizer.step()
+            model.update_sampled_centres(lr, config.optim.momentum, config.optim.weight_decay)
             weight_norm = norm_over_ranks(replicated, sharded)  # NaN, or inf once a weight passes ~1e19
             if not torch.isfinite(weight_norm):
                 raise FacekdError(
@@ -297,11 +302,27 @@ def _train(
         export_onnx(backbone, out_dir / MODEL, input_size)  # checked before it appears under its name
         write_text_atomically(out_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if dist.is_initialized():
+        # Every rank tears down together, DDP's reducer first: a process group destroyed while
+        # another rank has already left was seen to hang in gloo's destructor.
+        dist.barrier()
+        del trained
         dist.destroy_process_group()
     return TrainResult(out_dir, start_epoch, metrics)
 
 
-def _gradients(parameters: list[nn.Parameter]) -> list[Tensor]:
+def _clip_gradients(model: StudentModel, replicated: list[nn.Parameter], sharded: list[nn.Parameter], max_norm: float) -> None:
+    """Scale every gradient, the sampled centres' too, by one norm over all of them and every rank's
+    centres, so replicas stay alike."""
+    centres = model.sampled_centres()
+    if model.sharded_parameter_names():
+        sharded = sharded + centres
+    else:
+        replicated = replicated + centres
+    gradient_norm = norm_over_ranks(_gradients(replicated), _gradients(sharded))
+    nn.utils.clip_grads_with_norm_([*model.parameters(), *centres], max_norm, gradient_norm)
+
+
+def _gradients(parameters: list[Tensor]) -> list[Tensor]:
     return [parameter.grad for parameter in parameters if parameter.grad is not None]
 
 

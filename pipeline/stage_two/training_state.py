@@ -1,7 +1,7 @@
 """The model and optimizer state a checkpoint holds, whole even where the margin head is sharded.
 
 With a `ShardedMarginHead` every rank holds only its range of the class centres (and of their
-momentum). Saving gathers every rank's rows, so the checkpoint that rank 0 writes holds all C
+momentum, in the optimizer's state or, when the head samples, in its own buffer). Saving gathers every rank's rows, so the checkpoint that rank 0 writes holds all C
 centres, in class order, as a one-process run's does; resuming hands each rank its rows back.
 """
 from __future__ import annotations
@@ -15,6 +15,9 @@ from torch import Tensor
 from pipeline.stage_two.losses import ShardedMarginHead
 from pipeline.stage_two.student import StudentModel
 
+# A sharded head's tensors with a row per class centre: its weight and, when it samples, its momentum.
+ROW_STATE = ("head.weight", "head.momentum")
+
 
 def gathered_state(model: StudentModel, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model's and the optimizer's state dicts, a sharded head's rows gathered from every rank
@@ -22,7 +25,9 @@ def gathered_state(model: StudentModel, optimizer: torch.optim.Optimizer) -> tup
     model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
     head = model.head
     if isinstance(head, ShardedMarginHead):
-        model_state["head.weight"] = head.gather_rows(head.weight.detach())
+        for name in ROW_STATE:
+            if name in model_state:
+                model_state[name] = head.gather_rows(model_state[name])
         _map_row_state(optimizer_state, _state_index(optimizer, head.weight), head.weight.shape, head.gather_rows)
     return model_state, optimizer_state
 
@@ -33,7 +38,7 @@ def load_state(
     """Load what `gathered_state` returned: a sharded head takes its own rows."""
     head = model.head
     if isinstance(head, ShardedMarginHead):
-        model_state = {**model_state, "head.weight": head.shard_rows(model_state["head.weight"])}
+        model_state = {name: head.shard_rows(value) if name in ROW_STATE else value for name, value in model_state.items()}
         optimizer_state = {**optimizer_state, "state": dict(optimizer_state["state"])}
         full_shape = (head.num_classes, head.weight.shape[1])
         _map_row_state(optimizer_state, _state_index(optimizer, head.weight), full_shape, head.shard_rows)

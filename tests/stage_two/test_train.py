@@ -169,25 +169,32 @@ def test_two_process_gloo_ddp_fills_the_bank_from_both_ranks(tmp_path: Path, fac
 
 
 def test_mapped_targets_and_loader_workers_give_the_in_memory_weights(
-    tmp_path: Path, face_folder: Path, tiny_store: Path
+    tmp_path: Path, face_folder: Path, tiny_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Targets memory-mapped and images decoded per sample inside 2 DataLoader workers = targets
-    read once into memory and images decoded once (the default)."""
+    """Targets memory-mapped and images decoded per sample inside 2 DataLoader workers (or in the
+    training process) = targets read once into memory and images decoded once (the default). Only
+    decoding per sample in the training process is warned about: it stalls every step."""
     mapped = TeacherTargets(tiny_store, memory_budget_bytes=0)
     assert mapped.array is None
     in_memory = TeacherTargets(tiny_store)
     np.testing.assert_array_equal(mapped.get(5, 1), in_memory.get(5, 1))
     dataset = ImageFolderDataset(face_folder)
     one_epoch = TINY_STUDENT.model_copy(update={"epochs": 1})
-    train(one_epoch, dataset, tmp_path / "memory", targets=in_memory, progress=False)
-    train(
-        one_epoch.model_copy(update={"num_workers": 2}), dataset, tmp_path / "mapped", targets=mapped, images_memory_bytes=0,
-        progress=False,
-    )
+    runs = {"memory": (0, 1 << 30), "workers": (2, 0), "in_process": (0, 0)}
+    warned = {}
+    for run, (workers, images_memory_bytes) in runs.items():
+        caplog.clear()
+        train(
+            one_epoch.model_copy(update={"num_workers": workers}), dataset, tmp_path / run,
+            targets=in_memory if run == "memory" else mapped, images_memory_bytes=images_memory_bytes, progress=False,
+        )
+        warned[run] = "num_workers >= 1 does that for the next batches" in caplog.text
+    assert warned == {"memory": False, "workers": False, "in_process": True}
     reference = read_checkpoint(tmp_path / "memory" / CHECKPOINT)["model"]
-    workers = read_checkpoint(tmp_path / "mapped" / CHECKPOINT)["model"]
-    for name in reference:
-        assert torch.equal(reference[name], workers[name]), name
+    for run in ("workers", "in_process"):
+        weights = read_checkpoint(tmp_path / run / CHECKPOINT)["model"]
+        for name in reference:
+            assert torch.equal(reference[name], weights[name]), f"{name} differs in run {run}"
 
 
 def test_images_decoded_in_memory_only_when_they_fit(tmp_path: Path, face_folder: Path) -> None:
@@ -321,13 +328,15 @@ def _train_on_two_ranks(config: TrainConfig, faces: Path, out: Path, crash_at: i
     )
 
 
-def test_two_rank_sharded_head_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
-    """Over 2 ranks each holds half of the class centres (and their momentum); the checkpoint holds
-    them all, and a run that died in its second epoch resumes to the uninterrupted run's state."""
+@pytest.mark.parametrize("sample_rate", [1.0, 0.3])
+def test_two_rank_sharded_head_resumes_to_the_uninterrupted_weights(tmp_path: Path, sample_rate: float) -> None:
+    """Over 2 ranks each holds half of the class centres (and their momentum: the optimizer's, or
+    with Partial FC the head's own); the checkpoint holds them all, and a run that died in its
+    second epoch resumes to the uninterrupted run's state."""
     faces = write_face_folder(tmp_path / "faces", identities=20, images=2)
     config = TrainConfig(
         backbone="mobilefacenet", embedding_dim=8, width=0.25, epochs=2, batch_size=8, threads=1,
-        margin_sample_rate=0.3, optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
+        margin_sample_rate=sample_rate, optim=OptimConfig(lr=0.5, warmup_epochs=0.5),
     )
     # per rank: 1 load to read the image size, then 4 a step, 5 steps an epoch: the 30th is in epoch 2, step 3
     with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="the run dies here"):
@@ -340,12 +349,19 @@ def test_two_rank_sharded_head_resumes_to_the_uninterrupted_weights(tmp_path: Pa
 
     resumed, whole = (read_checkpoint(tmp_path / run / CHECKPOINT) for run in ("resumed", "whole"))
     assert whole["world_size"] == 2 and whole["model"]["head.weight"].shape == (20, 8)
-    assert int(whole["model"]["head.step"]) == 2 * 5  # each rank sampled at every step
     assert resumed["model"].keys() == whole["model"].keys()
     for name in whole["model"]:
         assert torch.equal(resumed["model"][name], whole["model"][name]), f"{name} differs after resuming"
-    head_momentum = [state["momentum_buffer"] for state in whole["optimizer"]["state"].values()
-                     if state["momentum_buffer"].shape == (20, 8)]
-    assert len(head_momentum) == 1, "the checkpoint lacks the momentum of every rank's centres"
+    optimizer_momentum = [state["momentum_buffer"] for state in whole["optimizer"]["state"].values()
+                          if state["momentum_buffer"].shape == (20, 8)]
+    if sample_rate == 1.0:
+        assert len(optimizer_momentum) == 1, "the checkpoint lacks the momentum of every rank's centres"
+        head_momentum = optimizer_momentum[0]
+    else:  # Partial FC: the sampled centres' momentum is the head's buffer; the optimizer never sees them
+        assert int(whole["model"]["head.step"]) == 2 * 5  # each rank sampled at every step
+        assert not optimizer_momentum
+        head_momentum = whole["model"]["head.momentum"]
+    assert head_momentum.shape == (20, 8), "the checkpoint lacks the momentum of every rank's centres"
+    assert torch.count_nonzero(head_momentum[:10].abs().sum(dim=1)) and torch.count_nonzero(head_momentum[10:].abs().sum(dim=1))
     for index, state in whole["optimizer"]["state"].items():
         assert torch.equal(resumed["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])

@@ -2,7 +2,7 @@
 from pipeline.stage_two.losses.baselines import AdaArcDistillLoss, FCLoss, RawL2Loss, RKDLoss, SPLoss
 from pipeline.stage_two.losses.iled import ILEDLoss, iled_rho
 from pipeline.stage_two.losses.margin import (
-    CombinedMarginHead, PartialMarginHead, combined_margin_logits, margin_head, margin_values,
+    CombinedMarginHead, PartialMarginHead, SampledCentresHead, combined_margin_logits, margin_head, margin_values,
 )
 from pipeline.stage_two.losses.projector import embedding_projector
 from pipeline.stage_two.losses.rpsd import RPSDLoss, mine_rpsd_pairs
@@ -18,6 +18,7 @@ __all__ = [
     "RPSDLoss",
     "RawL2Loss",
     "SPLoss",
+    "SampledCentresHead",
     "ShardedMarginHead",
     "combined_margin_logits",
     "embedding_projector",

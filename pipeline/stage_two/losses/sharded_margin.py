@@ -10,15 +10,13 @@ leave their rank, so DDP must ignore them (`StudentModel.sharded_parameter_names
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from pipeline.errors import FacekdError
 from pipeline.stage_two.distributed import gather_from_all_ranks, gather_with_gradient
-from pipeline.stage_two.losses.margin import CombinedMarginHead, combined_margin_logits, sample_classes
+from pipeline.stage_two.losses.margin import SampledCentresHead, combined_margin_logits, sample_classes
 
 
 class _DistributedCrossEntropy(torch.autograd.Function):
@@ -54,14 +52,15 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return num_classes * rank // world_size, num_classes * (rank + 1) // world_size
 
 
-class ShardedMarginHead(CombinedMarginHead):
+class ShardedMarginHead(SampledCentresHead):
     """The combined margin softmax over the global batch, its class centres split over the DDP ranks.
 
     `weight` holds this rank's centres only (classes `start` to `end`), initialised as the rows of
     the full head's N(0, 0.01) draw, so one seed gives the same centres whatever the world size.
     `sample_rate` < 1 applies per shard: each rank keeps every class of its range that is in the
     global batch plus random others up to ⌈sample_rate · shard size⌉, drawn from (seed, step,
-    rank); `step` is a buffer, so a resumed run draws what the interrupted one would have.
+    rank); `step` is a buffer, so a resumed run draws what the interrupted one would have. The
+    sampled rows alone are updated (`SampledCentresHead`).
 
     Forward takes this rank's embeddings and labels and returns the global batch's mean loss (the
     same on every rank). DDP averages the backbone's gradients over the ranks, whereas this loss
@@ -75,14 +74,11 @@ class ShardedMarginHead(CombinedMarginHead):
     ) -> None:
         if num_classes < world_size:
             raise FacekdError(f"{num_classes} classes cannot be sharded over {world_size} ranks: expected at least one per rank")
-        if not 0.0 < sample_rate <= 1.0:
-            raise FacekdError(f"margin sample rate is {sample_rate}; expected a fraction in (0, 1]")
         super().__init__(embedding_dim, num_classes, **margins)
-        self.num_classes, self.rank, self.world_size, self.seed = num_classes, rank, world_size, seed
+        self.num_classes, self.rank, self.world_size = num_classes, rank, world_size
         self.start, self.end = shard_range(num_classes, rank, world_size)
         self.weight = nn.Parameter(self.weight.detach()[self.start:self.end].clone())
-        self.num_sampled = min(self.end - self.start, math.ceil(sample_rate * (self.end - self.start)))
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self._init_sampling(self.end - self.start, sample_rate, seed)
 
     def sample_classes(self, labels: Tensor) -> Tensor:
         """Sorted indices into this shard of this step's centres: its classes among the global
@@ -96,10 +92,10 @@ class ShardedMarginHead(CombinedMarginHead):
         local_labels = all_labels - self.start
         in_shard = (local_labels >= 0) & (local_labels < self.end - self.start)
         centres = self.weight
-        if self.training and self.num_sampled < self.end - self.start:
+        if self.training and self.samples:
             classes = self.sample_classes(all_labels)
             self.step += 1
-            centres, local_labels = self.weight[classes], torch.searchsorted(classes, local_labels)
+            centres, local_labels = self.sampled_centres(classes), torch.searchsorted(classes, local_labels)
         # Rows of this shard's classes (all sampled) get their exact column; the others' are not used.
         columns = local_labels.clamp(0, len(centres) - 1)
         cosine = self.cosine(all_embeddings, centres)
@@ -108,10 +104,10 @@ class ShardedMarginHead(CombinedMarginHead):
         return _DistributedCrossEntropy.apply(logits, torch.where(in_shard, columns, -1))
 
     def gather_rows(self, shard: Tensor) -> Tensor:
-        """Every rank's `shard` (this head's weight, or optimizer state shaped like it) as one
+        """Every rank's `shard` (this head's weight or momentum, or optimizer state shaped like it) as one
         num_classes-row tensor in class order; every rank must call it."""
         return gather_from_all_ranks(shard)
 
     def shard_rows(self, rows: Tensor) -> Tensor:
-        """This rank's rows of a num_classes-row tensor (a checkpoint's weight or optimizer state)."""
+        """This rank's rows of a num_classes-row tensor (a checkpoint's weight, momentum or optimizer state)."""
         return rows[self.start:self.end]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import FacekdError
-from pipeline.stage_two.losses import CombinedMarginHead, PartialMarginHead, margin_head
+from pipeline.stage_two.losses import CombinedMarginHead, PartialMarginHead, SampledCentresHead, margin_head
 from tests.stage_two.losses import references
 
 # Golden values: computed once with references.margin_cross_entropy (per-sample loop, θ from
@@ -80,9 +80,17 @@ def test_margin_head_kinds():
 
 
 def _loss_and_gradients(head, embeddings, labels):
+    """Loss, the embeddings' gradient and the centres' (for a sampling head: those of the step's
+    centres, in class order, zero for centres it did not sample)."""
     embeddings = embeddings.clone().requires_grad_()
     loss = head(embeddings, labels)
     loss.backward()
+    if isinstance(head, SampledCentresHead) and head.sampled is not None:
+        assert head.weight.grad is None, "the sampled head made a C x D gradient"
+        rows, centres = head.sampled
+        centre_grad = torch.zeros_like(head.weight)
+        centre_grad[rows] = centres.grad
+        return loss.detach(), embeddings.grad, centre_grad
     return loss.detach(), embeddings.grad, head.weight.grad
 
 
@@ -134,6 +142,54 @@ def test_partial_head_is_the_full_head_over_its_sampled_centres():
     partial.eval()  # evaluation uses every centre
     every_centre = F.cross_entropy(partial.margin_logits(embeddings, labels), labels)
     assert partial(embeddings, labels).item() == pytest.approx(every_centre.item(), rel=1e-12)
+
+
+def _sgd_steps(head, embeddings, labels, steps=3, lr=0.5, momentum=0.9, weight_decay=0.01):
+    """`steps` training steps of `head` alone: torch SGD for its parameters, then the sampled centres' update."""
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        head(embeddings, labels).backward()
+        optimizer.step()
+        if isinstance(head, SampledCentresHead):
+            head.update_sampled(lr, momentum, weight_decay)
+
+
+def test_partial_head_that_samples_every_class_trains_as_the_full_head():
+    """Momentum and weight decay of the sampled centres follow torch's SGD: when every step samples
+    every class, the weights after several steps are the full head's under SGD."""
+    torch.manual_seed(0)
+    embeddings, labels = torch.randn(12, 8, dtype=torch.float64), torch.arange(12) % 6
+    full = margin_head("cosface", 8, 6).double()
+    partial = margin_head("cosface", 8, 6, sample_rate=0.5).double()
+    with torch.no_grad():
+        partial.weight.copy_(full.weight)
+    _sgd_steps(full, embeddings, labels)
+    _sgd_steps(partial, embeddings, labels)
+    torch.testing.assert_close(partial.weight, full.weight, rtol=1e-12, atol=1e-15)
+    assert not torch.equal(partial.momentum, torch.zeros_like(partial.momentum))
+
+
+def test_partial_head_updates_only_the_sampled_centres():
+    """A step changes the sampled centres and their momentum by one SGD step and leaves the others
+    as they were: the step costs the sample, not all C centres."""
+    torch.manual_seed(0)
+    embeddings, labels = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 100, (16,))
+    partial = margin_head("arcface", 8, 100, sample_rate=0.3, seed=5).double()
+    with torch.no_grad():
+        partial.momentum.normal_()
+    before, momentum_before = partial.weight.detach().clone(), partial.momentum.clone()
+    classes = partial.sample_classes(labels)
+    _, _, centre_grad = _loss_and_gradients(partial, embeddings, labels)
+    partial.update_sampled(lr=0.5, momentum=0.9, weight_decay=0.01)
+    assert partial.sampled is None
+    expected_momentum = 0.9 * momentum_before[classes] + centre_grad[classes] + 0.01 * before[classes]
+    torch.testing.assert_close(partial.momentum[classes], expected_momentum)
+    torch.testing.assert_close(partial.weight[classes], before[classes] - 0.5 * expected_momentum)
+    unsampled = torch.ones(100, dtype=torch.bool)
+    unsampled[classes] = False
+    assert torch.equal(partial.weight[unsampled], before[unsampled])
+    assert torch.equal(partial.momentum[unsampled], momentum_before[unsampled])
 
 
 def test_partial_head_draws_are_seeded_and_resume_from_the_state_dict():
