@@ -1,8 +1,9 @@
 """The model and optimizer state a checkpoint holds, whole even where the margin head is sharded.
 
 With a `ShardedMarginHead` every rank holds only its range of the class centres (and of their
-momentum, in the optimizer's state or, when the head samples, in its own buffer). Saving gathers every rank's rows, so the checkpoint that rank 0 writes holds all C
-centres, in class order, as a one-process run's does; resuming hands each rank its rows back.
+momentum: in the optimizer's state, or in the head's own buffer when it samples). Saving gathers
+every rank's rows, so the checkpoint that rank 0 writes holds all C centres, in class order, as a
+one-process run's does; resuming hands each rank its rows back.
 """
 from __future__ import annotations
 

@@ -115,8 +115,9 @@ class SampledCentresHead(CombinedMarginHead):
     rule (momentum, weight decay) to the sampled rows alone, their momentum kept per centre in the
     `momentum` buffer (saved with the weights). Centres not drawn keep their weight and momentum,
     as in insightface's first Partial FC: decaying every centre at every step (its v2, with a dense
-    optimizer) costs C x D per step whatever the sample rate, which made a step at 50,000
-    identities twice as slow as at 5,000 with the same 5,000 centres sampled.
+    optimizer) costs C x D per step whatever the sample rate; at 50,000 identities and 5,000
+    centres a step it added ~120 ms to a ~300 ms student step (a 50,000 x 512 gradient, and the
+    optimizer's 4 ms became 65 ms).
     """
 
     def _init_sampling(self, num_rows: int, sample_rate: float, seed: int) -> None:
