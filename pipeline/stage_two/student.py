@@ -46,6 +46,10 @@ class StudentModel(nn.Module):
             return []
         return ["head.weight", "head.momentum"] if self.head.samples else ["head.weight"]
 
+    def sampled_parameter_names(self) -> list[str]:
+        """Parameters that training updates only where sampled (`update_sampled_centres`), never whole."""
+        return ["head.weight"] if isinstance(self.head, SampledCentresHead) and self.head.samples else []
+
     def sampled_centres(self) -> list[Tensor]:
         """The class centres of the step in flight where the head samples them (Partial FC): trained
         by `update_sampled_centres`, not by the optimizer, yet clipped with the parameters."""

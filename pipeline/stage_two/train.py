@@ -188,6 +188,13 @@ def _train(
     sharded_names = model.sharded_parameter_names()
     replicated = [parameter for name, parameter in model.named_parameters() if name not in sharded_names]
     sharded = [parameter for name, parameter in model.named_parameters() if name in sharded_names]
+    # Checked for divergence after each update; a sampling head's C x D centres change only where
+    # sampled, so its step centres are checked instead (a pass over all C x D a step grows with C).
+    sampled_weights = model.sampled_parameter_names()
+    checked_replicated = [parameter for name, parameter in model.named_parameters()
+                          if name not in sharded_names and name not in sampled_weights]
+    checked_sharded = [parameter for name, parameter in model.named_parameters()
+                       if name in sharded_names and name not in sampled_weights]
     base_lr = config.optim.lr * config.batch_size / 512
     optimizer = torch.optim.SGD(
         model.parameters(), lr=base_lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
@@ -243,11 +250,14 @@ def _train(
                 raise FacekdError(non_finite_loss_message(dataset, terms, batch_targets, indices, epoch, step, global_step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            centres = model.sampled_centres()  # Partial FC: this step's centres, updated in place below
             if config.optim.clip_grad_norm > 0:
-                _clip_gradients(model, replicated, sharded, config.optim.clip_grad_norm)
+                gradient_norm = norm_over_ranks(*_gradients(*_with_centres(model, replicated, sharded, centres)))
+                nn.utils.clip_grads_with_norm_([*model.parameters(), *centres], config.optim.clip_grad_norm, gradient_norm)
             optimizer.step()
             model.update_sampled_centres(lr, config.optim.momentum, config.optim.weight_decay)
-            weight_norm = norm_over_ranks(replicated, sharded)  # NaN, or inf once a weight passes ~1e19
+            # NaN, or inf once a weight passes ~1e19
+            weight_norm = norm_over_ranks(*_with_centres(model, checked_replicated, checked_sharded, centres))
             if not torch.isfinite(weight_norm):
                 raise FacekdError(
                     f"the weights diverged in the update of epoch {epoch + 1}, step {step} (their norm became "
@@ -310,20 +320,19 @@ def _train(
     return TrainResult(out_dir, start_epoch, metrics)
 
 
-def _clip_gradients(model: StudentModel, replicated: list[nn.Parameter], sharded: list[nn.Parameter], max_norm: float) -> None:
-    """Scale every gradient, the sampled centres' too, by one norm over all of them and every rank's
-    centres, so replicas stay alike."""
-    centres = model.sampled_centres()
+def _with_centres(
+    model: StudentModel, replicated: list[Tensor], sharded: list[Tensor], centres: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """`replicated` and `sharded` with a sampling head's step `centres` added where its weight belongs,
+    for norms over every rank: the sharded ones when each rank holds its own centres."""
     if model.sharded_parameter_names():
-        sharded = sharded + centres
-    else:
-        replicated = replicated + centres
-    gradient_norm = norm_over_ranks(_gradients(replicated), _gradients(sharded))
-    nn.utils.clip_grads_with_norm_([*model.parameters(), *centres], max_norm, gradient_norm)
+        return replicated, sharded + centres
+    return replicated + centres, sharded
 
 
-def _gradients(parameters: list[Tensor]) -> list[Tensor]:
-    return [parameter.grad for parameter in parameters if parameter.grad is not None]
+def _gradients(*groups: list[Tensor]) -> tuple[list[Tensor], ...]:
+    """The gradients of each group of tensors (those that have one)."""
+    return tuple([tensor.grad for tensor in group if tensor.grad is not None] for group in groups)
 
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
