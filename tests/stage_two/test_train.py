@@ -3,7 +3,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pipeline.stage_two.schedule import learning_rate
 from pipeline.stage_two.config import OptimConfig, TrainConfig
 from pipeline.stage_two.train import CHECKPOINT, METRICS, MODEL, _hash_int64, train
 from pipeline.stage_two.training_data import TeacherTargets, decode_in_memory
+from tests.ranks import free_port, run_forked_ranks
 from tests.stage_one.stores import embed_here
 from tests.stage_two.students import TINY_STUDENT, student_params
 from tests.tiny_faces import write_face_folder
@@ -320,12 +320,7 @@ def _train_rank(rank: int, port: int, config: TrainConfig, faces: Path, out: Pat
 
 def _train_on_two_ranks(config: TrainConfig, faces: Path, out: Path, crash_at: int = 0) -> None:
     """`train` in 2 forked processes of one gloo group, as under `torchrun --nproc_per_node=2`."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.start_processes(
-        _train_rank, (port, config, faces, out, crash_at), nprocs=2, start_method="fork"
-    )
+    run_forked_ranks(_train_rank, (free_port(), config, faces, out, crash_at), nprocs=2)
 
 
 @pytest.mark.parametrize("sample_rate", [1.0, 0.3])

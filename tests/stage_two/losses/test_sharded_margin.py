@@ -1,27 +1,21 @@
 """The margin head sharded over 2 real gloo ranks (processes) against the full head on one process."""
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.errors import FacekdError
 from pipeline.stage_two.distributed import gather_from_all_ranks, norm_over_ranks
 from pipeline.stage_two.losses import ShardedMarginHead, margin_head, margin_values
+from tests.ranks import free_port, run_forked_ranks
 
 WORLD_SIZE = 2
 
 
 def run_on_two_ranks(worker, *args) -> None:
     """Run `worker(rank, *args)` in 2 processes of one gloo group; a failed assertion in either fails the test."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # forked: the children start at once with everything imported (the parent never used gloo)
-    torch.multiprocessing.start_processes(_in_group, (port, worker, args), nprocs=WORLD_SIZE, start_method="fork")
+    run_forked_ranks(_in_group, (free_port(), worker, args), nprocs=WORLD_SIZE)
 
 
 def _in_group(rank: int, port: int, worker, args) -> None:
