@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,15 +187,10 @@ def _train(
         config, input_size, dataset.num_identities, targets.dim if targets else None, rank, world_size
     ).to(device)
     sharded_names = model.sharded_parameter_names()
-    replicated = [parameter for name, parameter in model.named_parameters() if name not in sharded_names]
-    sharded = [parameter for name, parameter in model.named_parameters() if name in sharded_names]
+    replicated, sharded = _replicated_and_sharded(model)
     # Checked for divergence after each update; a sampling head's C x D centres change only where
     # sampled, so its step centres are checked instead (a pass over all C x D a step grows with C).
-    sampled_weights = model.sampled_parameter_names()
-    checked_replicated = [parameter for name, parameter in model.named_parameters()
-                          if name not in sharded_names and name not in sampled_weights]
-    checked_sharded = [parameter for name, parameter in model.named_parameters()
-                       if name in sharded_names and name not in sampled_weights]
+    checked_replicated, checked_sharded = _replicated_and_sharded(model, leave_out=model.sampled_parameter_names())
     base_lr = config.optim.lr * config.batch_size / 512
     optimizer = torch.optim.SGD(
         model.parameters(), lr=base_lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
@@ -318,6 +314,16 @@ def _train(
         del trained
         dist.destroy_process_group()
     return TrainResult(out_dir, start_epoch, metrics)
+
+
+def _replicated_and_sharded(
+    model: StudentModel, leave_out: Collection[str] = ()
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's parameters, but those named in `leave_out`: (replicated on every rank, sharded over ranks)."""
+    sharded_names = model.sharded_parameter_names()
+    kept = [(name, parameter) for name, parameter in model.named_parameters() if name not in leave_out]
+    return ([parameter for name, parameter in kept if name not in sharded_names],
+            [parameter for name, parameter in kept if name in sharded_names])
 
 
 def _with_centres(
