@@ -13,6 +13,7 @@ import click
 
 from pipeline.errors import FacekdError
 from pipeline.files import is_storage_error
+from pipeline.huge_pages import restart_with_huge_pages
 
 # command name -> "module:attribute" of its click command
 COMMANDS = {
@@ -32,6 +33,8 @@ COMMANDS = {
     "repro": "stages.repro:repro",
     "ablation": "stages.ablation:ablation",
 }
+# Commands whose memory is mostly a large index read at random: run with huge pages (pipeline/huge_pages.py)
+HUGE_PAGE_COMMANDS = {"index"}
 
 
 class FacekdGroup(click.Group):
@@ -64,6 +67,8 @@ def cli() -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] in HUGE_PAGE_COMMANDS:
+        restart_with_huge_pages()
     # Past a file-size limit (ulimit -f), fail the write with EFBIG, which names the file, instead of
     # being killed by SIGXFSZ with a half-written output.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -107,3 +107,8 @@ def test_scale_bench_reads_ahead_where_the_decoded_images_do_not_fit() -> None:
     assert (fits.train.num_workers, too_large.train.num_workers) == (0, 1)
     assert train_details(fits, "train@unified") == "Partial FC, margin_sample_rate 0.2: 1000 centres a step"
     assert train_details(too_large, "train@unified").endswith("; images decoded per batch, 1 loader worker(s)")
+
+
+def test_huge_pages_bench() -> None:
+    output = run_bench("bench/huge_pages.py", "--rows", "3000", "--dim", "16")
+    assert "3000 x 16" in output and "kNN files identical: True" in output
