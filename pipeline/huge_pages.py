@@ -27,7 +27,7 @@ def tunables_with_huge_pages(environment: Mapping[str, str], libc: str, kernel_s
     return f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1"
 
 
-def _libc() -> str:
+def libc_name() -> str:
     """"glibc", or "" where the C library is another (musl) or does not say."""
     try:
         return (os.confstr("CS_GNU_LIBC_VERSION") or "").split(" ")[0]
@@ -35,16 +35,20 @@ def _libc() -> str:
         return ""
 
 
+def kernel_huge_page_setting() -> str:
+    """The kernel's transparent huge page mode line, "" where there is none (not Linux, no THP, /sys not mounted)."""
+    if sys.platform != "linux":
+        return ""
+    try:
+        return KERNEL_SETTING.read_text()
+    except OSError:
+        return ""
+
+
 def restart_with_huge_pages() -> None:
     """Replace this process by the same command with huge pages for malloc, where that applies (see the module);
     return where it does not. Call it before the command has done anything: nothing of this process survives."""
-    if sys.platform != "linux":
-        return
-    try:
-        kernel_setting = KERNEL_SETTING.read_text()
-    except OSError:  # no THP in this kernel, or /sys not mounted (some containers)
-        return
-    tunables = tunables_with_huge_pages(os.environ, _libc(), kernel_setting)
+    tunables = tunables_with_huge_pages(os.environ, libc_name(), kernel_huge_page_setting())
     if tunables is None or not sys.executable:
         return
     sys.stdout.flush()

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.huge_pages import KERNEL_SETTING, tunables_with_huge_pages
+from pipeline.huge_pages import KERNEL_SETTING, kernel_huge_page_setting, libc_name, tunables_with_huge_pages
 
 REPO = Path(__file__).parents[1]
-
-
-def huge_pages_apply() -> bool:
-    try:
-        setting = KERNEL_SETTING.read_text()
-    except OSError:
-        return False
-    return sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc") and "[never]" not in setting
-
-
-needs_huge_pages = pytest.mark.skipif(not huge_pages_apply(), reason="needs Linux, glibc and transparent huge pages not 'never'")
+needs_huge_pages = pytest.mark.skipif(
+    tunables_with_huge_pages({}, libc_name(), kernel_huge_page_setting()) is None,
+    reason="needs Linux, glibc and transparent huge pages not 'never'",
+)
 
 
 @pytest.mark.parametrize(("environment", "libc", "kernel_setting", "expected"), [
