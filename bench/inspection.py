@@ -11,17 +11,20 @@ an image folder of `--images` files (the shown ones are real JPEGs, the rest emp
 RecordIO set of `--records` records, the two ways taking turns `--repeats` times; medians.
 The folders are freshly written, so the file system's caches are warm.
 
-Memory (with `--suspicious-rows N`): `facekd mine` writes every hard negative at or above
+Memory and time (with `--suspicious-rows N`): `facekd mine` writes every hard negative at or above
 `mine.suspicious_threshold` to a CSV. On a synthetic pair table of N such rows (each unordered
-pair mined from both ends, as usual), the peak resident memory of writing that CSV: all pairs and
-their described records in memory (as before), in one pass of `write_suspicious_csv`, and in its
-bounded passes of `--rows-per-pass` rows. Each is measured in its own child process (`ru_maxrss`),
-forked from a lean fork server: a child started by exec would report this process's peak, as Linux
+pair mined from both ends, as usual), the peak resident memory and the wall time of writing that
+CSV: all pairs and their described records in memory (the first way, before the streaming), the
+same bounded passes written record by record (a `PairRecord` per pair, formatted one by one: the
+writer before the column-wise one), and `write_suspicious_csv` in one pass and in its bounded
+passes of `--rows-per-pass` rows. Each is measured in its own child process (`ru_maxrss`), forked
+from a lean fork server: a child started by exec would report this process's peak, as Linux
 carries `ru_maxrss` across (v)fork + exec. The CSVs must be byte-identical.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import io
 import json
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -39,9 +43,10 @@ from PIL import Image
 from pipeline.data.open import open_dataset, open_keyed_images
 from pipeline.data.recordio import write_recordio
 from pipeline.stage_one.pair_queries import (
-    SUSPICIOUS_ROWS_PER_PASS, describe_pairs, suspicious_pairs, write_pairs_csv, write_suspicious_csv,
+    DESCRIBED_ROWS, PAIR_RECORD_FIELDS, SUSPICIOUS_ROWS_PER_PASS, describe_pairs, suspicious_pair_passes,
+    suspicious_pairs, write_suspicious_csv,
 )
-from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, PairTable
+from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, Pairs, PairTable
 from pipeline.stage_one.store import EmbeddingStore
 
 IMAGES_PER_IDENTITY = 50  # MS1MV2: 5.8 M images of 85 k identities, ~68 each
@@ -138,22 +143,40 @@ def write_pair_table(folder: Path, num_rows: int) -> tuple[Path, Path]:
     return store_path, table_path
 
 
+def write_records_csv(path: Path, parts: Iterable[Pairs], store: EmbeddingStore, described_rows: int) -> None:
+    """The baseline writers: a `PairRecord` per pair, each formatted and written on its own."""
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(PAIR_RECORD_FIELDS)
+        for part in parts:
+            for start in range(0, len(part), described_rows):
+                for record in describe_pairs(part.take(slice(start, start + described_rows)), store):
+                    writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in vars(record).values()])
+
+
 def write_csv_measured(way: str, store_path: Path, table_path: Path, csv_path: Path, rows_per_pass: int) -> dict:
-    """In a fresh process: write the suspicious-pairs CSV one `way`; its peak RSS, the RSS before, and the CSV's digest."""
+    """In a fresh process: write the suspicious-pairs CSV one `way`; its peak RSS, the RSS before, the time, and the CSV's digest."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
     with EmbeddingStore(store_path) as store, PairTable(table_path) as table:
         if way == "all at once":
-            write_pairs_csv(csv_path, describe_pairs(suspicious_pairs(table, SUSPICIOUS_THRESHOLD), store))
+            found = suspicious_pairs(table, SUSPICIOUS_THRESHOLD)
+            write_records_csv(csv_path, [found], store, max(len(found), 1))
+        elif way == "records, bounded passes":
+            write_records_csv(csv_path, suspicious_pair_passes(table, SUSPICIOUS_THRESHOLD, rows_per_pass), store, DESCRIBED_ROWS)
         else:
             write_suspicious_csv(csv_path, table, store, SUSPICIOUS_THRESHOLD, rows_per_pass or len(table))
+    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(peak_mib=peak / 1024, before_mib=before / 1024, sha256=hashlib.sha256(csv_path.read_bytes()).hexdigest())
+    return dict(peak_mib=peak / 1024, before_mib=before / 1024, seconds=seconds,
+                sha256=hashlib.sha256(csv_path.read_bytes()).hexdigest())
 
 
 def measure_suspicious(folder: Path, num_rows: int, rows_per_pass: int) -> dict:
     store_path, table_path = write_pair_table(folder, num_rows)
     ways = {
         "all at once": ("every pair and its record in memory (before)", 0),
+        "records, bounded passes": (f"a record per pair, passes of {rows_per_pass} rows", rows_per_pass),
         "one pass": ("write_suspicious_csv, one pass", 0),
         "bounded passes": (f"write_suspicious_csv, passes of {rows_per_pass} rows", rows_per_pass),
     }
@@ -170,9 +193,10 @@ def measure_suspicious(folder: Path, num_rows: int, rows_per_pass: int) -> dict:
     rise = {way: result["peak_mib"] - result["before_mib"] for way, result in results.items()}
     for way, (description, _) in ways.items():
         print(f"  {description}: {results[way]['peak_mib']:.0f} MiB, +{rise[way]:.0f} MiB "
-              f"({rise[way] / rise['all at once']:.2f}x before's rise)")
+              f"({rise[way] / rise['all at once']:.2f}x before's rise); {results[way]['seconds']:.1f} s "
+              f"({results['records, bounded passes']['seconds'] / results[way]['seconds']:.2f}x as fast as a record per pair)")
     same = len({result["sha256"] for result in results.values()}) == 1
-    print(f"  the three CSVs are byte-identical: {same}")
+    print(f"  the {len(results)} CSVs are byte-identical: {same}")
     return dict(rows=num_rows, pairs=rows_written, rows_per_pass=rows_per_pass, same_csv=same, ways=results)
 
 

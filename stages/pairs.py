@@ -145,7 +145,7 @@ def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) 
         found = suspicious_pairs(table, threshold)
         records = describe_pairs(found.take(slice(0, count)), store)
         if csv_path:
-            write_pairs_csv(csv_path, describe_pairs(found, store))
+            write_pairs_csv(csv_path, [found], store)
         grouped_pairs = identity_pairs(found, store.labels, count) if len(found) else []
         identity_names = store.identity_names
     console.print(f"{len(found)} suspicious pairs: different identities, teacher similarity >= {threshold}")

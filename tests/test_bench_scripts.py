@@ -50,7 +50,8 @@ def test_inspection_bench() -> None:
                        "--suspicious-rows", "4000", "--rows-per-pass", "1000")
     assert output.count("listing the dataset (open_dataset, before)") == 2
     assert output.count("by key (open_keyed_images, now)") == 2
-    assert "passes of 1000 rows" in output and "the three CSVs are byte-identical: True" in output
+    assert "passes of 1000 rows" in output and "the 4 CSVs are byte-identical: True" in output
+    assert "a record per pair, passes of 1000 rows" in output
 
 
 def test_scale_bench(tmp_path: Path, tiny_teacher: Path) -> None:

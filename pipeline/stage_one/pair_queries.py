@@ -153,33 +153,41 @@ class PairRecord:
     partner_identity: str
 
 
+PAIR_RECORD_FIELDS = tuple(field.name for field in fields(PairRecord))  # also the CSV's columns
+
+
+def pair_columns(pairs: Pairs, store: EmbeddingStore, identity_names: list[str]) -> list[list]:
+    """`PairRecord`'s fields of some pairs, one list per field: a few conversions per column instead of
+    Python work per pair (a suspicious-pairs CSV can hold millions). Reads only the pairs' keys."""
+    keys = store.keys_at(np.concatenate([pairs.anchor, pairs.partner]))
+    anchor_labels, partner_labels = store.labels[pairs.anchor].tolist(), store.labels[pairs.partner].tolist()
+    return [
+        [KIND_NAMES[kind] for kind in pairs.kind.tolist()],
+        pairs.rank.tolist(),
+        pairs.similarity.astype(np.float64).tolist(),
+        pairs.anchor.tolist(), keys[: len(pairs)], anchor_labels, [identity_names[label] for label in anchor_labels],
+        pairs.partner.tolist(), keys[len(pairs) :], partner_labels, [identity_names[label] for label in partner_labels],
+    ]
+
+
 def describe_pairs(pairs: Pairs, store: EmbeddingStore) -> list[PairRecord]:
     """Keys, labels and identity names of some pairs, reading only their keys."""
-    keys = store.keys_at(np.concatenate([pairs.anchor, pairs.partner]))
-    identity_names = store.identity_names
-    records = []
-    for position in range(len(pairs)):
-        anchor, partner = int(pairs.anchor[position]), int(pairs.partner[position])
-        anchor_label, partner_label = int(store.labels[anchor]), int(store.labels[partner])
-        records.append(PairRecord(
-            kind=KIND_NAMES[int(pairs.kind[position])], rank=int(pairs.rank[position]),
-            similarity=float(pairs.similarity[position]),
-            anchor=anchor, anchor_key=keys[position], anchor_label=anchor_label,
-            anchor_identity=identity_names[anchor_label],
-            partner=partner, partner_key=keys[len(pairs) + position], partner_label=partner_label,
-            partner_identity=identity_names[partner_label],
-        ))
-    return records
+    return [PairRecord(*values) for values in zip(*pair_columns(pairs, store, store.identity_names))]
 
 
-def write_pairs_csv(path: str | Path, records: Iterable[PairRecord]) -> int:
-    """One row per record, its fields as columns (published atomically); returns the number of rows."""
-    count = 0
+def write_pairs_csv(path: str | Path, parts: Iterable[Pairs], store: EmbeddingStore) -> int:
+    """The pairs of `parts`, in order, as CSV with `PairRecord`'s fields as columns (published atomically),
+    described `DESCRIBED_ROWS` at a time; returns the number of rows."""
+    identity_names, similarity_column, count = store.identity_names, PAIR_RECORD_FIELDS.index("similarity"), 0
     with opened_atomically(path, newline="") as out:
         writer = csv.writer(out)
-        writer.writerow([field.name for field in fields(PairRecord)])
-        for count, record in enumerate(records, start=1):
-            writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in vars(record).values()])
+        writer.writerow(PAIR_RECORD_FIELDS)
+        for part in parts:
+            for start in range(0, len(part), DESCRIBED_ROWS):
+                columns = pair_columns(part.take(slice(start, start + DESCRIBED_ROWS)), store, identity_names)
+                columns[similarity_column] = [f"{similarity:.6f}" for similarity in columns[similarity_column]]
+                writer.writerows(zip(*columns))
+                count += len(columns[0])
     return count
 
 
@@ -189,9 +197,4 @@ def write_suspicious_csv(
 ) -> int:
     """Every suspicious pair of `table` as CSV (`suspicious_pairs`' rows and order), streamed pass by pass;
     returns the number of pairs."""
-    return write_pairs_csv(path, (
-        record
-        for found in suspicious_pair_passes(table, threshold, rows_per_pass, block_size)
-        for start in range(0, len(found), DESCRIBED_ROWS)
-        for record in describe_pairs(found.take(slice(start, start + DESCRIBED_ROWS)), store)
-    ))
+    return write_pairs_csv(path, suspicious_pair_passes(table, threshold, rows_per_pass, block_size), store)

@@ -412,7 +412,7 @@ class EmbeddingStore:
         """Keys of some rows, without reading every key (a store can hold millions)."""
         unique_rows, positions = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
         found = self.file["keys"][unique_rows] if len(unique_rows) else []
-        return [found[position].decode() for position in positions.reshape(-1)]
+        return np.array([key.decode() for key in found], dtype=object)[positions.reshape(-1)].tolist()
 
     def row_of_key(self, key: str, block_size: int = 1 << 20) -> int:
         """The row holding `key`, scanning the keys block by block."""

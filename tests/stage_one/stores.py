@@ -29,16 +29,19 @@ def write_store(
     skipped: np.ndarray | None = None,
     teacher: str = "a",
     block_size: int = 64,
+    keys: list[str] | None = None,
+    identity_names: list[str] | None = None,
 ) -> Path:
-    """A store with hand-built embeddings; the flip view defaults to a copy of the image view."""
+    """A store with hand-built embeddings; the flip view defaults to a copy of the image view, the keys
+    and identity names to idL/RRRR.jpg and idL."""
     num_images, dim = image_view.shape
     flip_view = image_view if flip_view is None else flip_view
     skipped = np.zeros(num_images, bool) if skipped is None else skipped
     embeddings = np.stack([image_view, flip_view], axis=1).astype(np.float32)
     embeddings[skipped] = 0
     provenance = {"teacher_sha256": teacher * 64, "dataset_kind": "image_folder", "dataset_fingerprint": "f" * 64}
-    names = [f"id{label}" for label in range(int(labels.max()) + 1)]
-    keys = [f"id{label}/{row:04d}.jpg" for row, label in enumerate(labels)]
+    names = identity_names or [f"id{label}" for label in range(int(labels.max()) + 1)]
+    keys = keys or [f"id{label}/{row:04d}.jpg" for row, label in enumerate(labels)]
     writer = StoreWriter(path, provenance, labels, keys, names, dim, block_size, "float16")
     for block in writer.pending_blocks:
         start, stop = writer.layout.bounds(block)

@@ -15,7 +15,8 @@ from pipeline.stage_one import worker_store
 from pipeline.stage_one.miners import lowest_similarities, mine_and_report, mine_pairs, positives_on_worker
 from pipeline.stage_one.worker_store import StoreFile
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
-from pipeline.stage_one.pair_queries import hardest_pairs, suspicious_pair_passes, suspicious_pairs
+import pipeline.stage_one.pair_queries as pair_queries
+from pipeline.stage_one.pair_queries import describe_pairs, hardest_pairs, suspicious_pair_passes, suspicious_pairs, write_pairs_csv
 from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, Pairs, PairTable, PairTableWriter
 from pipeline.stage_one.store_views import unit_vectors
 from pipeline.stage_one.store import EmbeddingStore
@@ -164,6 +165,35 @@ def test_suspicious_pairs_are_the_planted_duplicates(tmp_path: Path, store_with_
         natural = negatives.similarity[(negatives.kind == HARD_NEGATIVE) & ~np.isin(negatives.anchor, [3, 40, 20, 70])]
         assert natural.max() < 0.9, "the threshold must separate planted duplicates from real hard negatives"
         assert len(suspicious_pairs(table, -1.0)) < (negatives.kind == HARD_NEGATIVE).sum(), "mirrored pairs are merged"
+
+
+def test_pairs_csv_holds_the_described_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV, written column by column in parts, reads back as `describe_pairs`' records, awkward keys included."""
+    vectors, labels = clustered_vectors(4, 5, 8, 0.5, seed=1)
+    keys = [f'id{label}/"odd", näme\t{row}.jpg' for row, label in enumerate(labels)]
+    names = [f"person, {label} «{label}»" for label in range(4)]
+    store_path = write_store(tmp_path / "store.h5", vectors, labels, keys=keys, identity_names=names)
+    rng = np.random.default_rng(2)
+    kinds = rng.integers(0, 2, 30).astype(np.uint8)
+    pairs = Pairs(
+        anchor=rng.integers(0, 20, 30), partner=rng.integers(0, 20, 30), similarity=rng.uniform(-1, 1, 30).astype(np.float32),
+        same_identity=kinds, kind=kinds, rank=rng.integers(0, 8, 30).astype(np.int32),
+    )
+    monkeypatch.setattr(pair_queries, "DESCRIBED_ROWS", 4)  # parts described across several chunks
+    with EmbeddingStore(store_path) as store:
+        written = write_pairs_csv(tmp_path / "pairs.csv", [pairs.take(slice(0, 7)), pairs.take(slice(7, 30))], store)
+        records = describe_pairs(pairs, store)
+    with open(tmp_path / "pairs.csv", newline="") as read_back:
+        rows = list(csv.DictReader(read_back))
+    assert written == len(rows) == 30
+    assert rows == [{field: f"{value:.6f}" if isinstance(value, float) else str(value) for field, value in vars(record).items()}
+                    for record in records]
+    assert [(record.kind, record.rank, record.similarity, record.anchor, record.anchor_key, record.anchor_identity,
+             record.partner, record.partner_key, record.partner_label, record.partner_identity) for record in records] == [
+        (("negative", "positive")[kind], rank, float(similarity), anchor, keys[anchor], names[labels[anchor]],
+         partner, keys[partner], labels[partner], names[labels[partner]])
+        for kind, rank, similarity, anchor, partner in zip(kinds, pairs.rank, pairs.similarity, pairs.anchor, pairs.partner)
+    ]
 
 
 def write_negative_pairs(path: Path, num_images: int, seed: int) -> Path:
