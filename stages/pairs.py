@@ -135,31 +135,28 @@ def suspicious(params_path, pairs_path, store_path, threshold, count, csv_path) 
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.stage_one.inspection import identity_pairs
-    from pipeline.stage_one.pair_queries import describe_pairs, suspicious_pairs, write_pairs_csv
+    from pipeline.stage_one.inspection import suspicious_overview
+    from pipeline.stage_one.pair_queries import describe_pairs
 
     console = Console()
     with _opened(params_path, pairs_path, store_path) as (table, store):
         if threshold is None:
             threshold = required(load_settings(params_path), params_path, "mine").suspicious_threshold
-        found = suspicious_pairs(table, threshold)
-        records = describe_pairs(found.take(slice(0, count)), store)
-        if csv_path:
-            write_pairs_csv(csv_path, [found], store)
-        grouped_pairs = identity_pairs(found, store.labels, count) if len(found) else []
+        overview = suspicious_overview(table, store, threshold, count, csv_path)
+        records = describe_pairs(overview.most_similar, store)
         identity_names = store.identity_names
-    console.print(f"{len(found)} suspicious pairs: different identities, teacher similarity >= {threshold}")
-    if not len(found):
+    console.print(f"{overview.total} suspicious pairs: different identities, teacher similarity >= {threshold}")
+    if not overview.total:
         return
-    console.print(_pair_table(f"most similar suspicious pairs ({len(records)} of {len(found)})", records))
+    console.print(_pair_table(f"most similar suspicious pairs ({len(records)} of {overview.total})", records))
     grouped = Table(title="identity pairs with suspicious image pairs (candidates for merging)")
     for column in ("identity", "identity", "image pairs", "max similarity"):
         grouped.add_column(column, overflow="fold")
-    for pair in grouped_pairs:
+    for pair in overview.identity_pairs:
         grouped.add_row(
             f"{identity_names[pair.low]} ({pair.low})", f"{identity_names[pair.high]} ({pair.high})",
             str(pair.image_pairs), f"{pair.max_similarity:.4f}",
         )
     console.print(grouped)
     if csv_path:
-        console.print(f"all {len(found)} pairs written to {csv_path}")
+        console.print(f"all {overview.total} pairs written to {csv_path}")

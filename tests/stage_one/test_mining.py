@@ -17,7 +17,8 @@ from pipeline.stage_one.worker_store import StoreFile
 from pipeline.stage_one.mining_report import MiningSummary, SimilarityDistribution, write_histogram_csv, write_summary_json
 import pipeline.stage_one.pair_queries as pair_queries
 from pipeline.stage_one.pair_queries import describe_pairs, hardest_pairs, suspicious_pair_passes, suspicious_pairs, write_pairs_csv
-from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, Pairs, PairTable, PairTableWriter
+from pipeline.stage_one.pair_table import CHECKED_DATASETS, HARD_NEGATIVE, HARD_POSITIVE, PAIR_COLUMNS, Pairs, PairTable, PairTableWriter
+from pipeline.stage_one.inspection import suspicious_overview
 from pipeline.stage_one.store_views import unit_vectors
 from pipeline.stage_one.store import EmbeddingStore
 from tests.stage_one.stores import clustered_vectors, embed_here, index_config, mine_config, write_store
@@ -165,6 +166,30 @@ def test_suspicious_pairs_are_the_planted_duplicates(tmp_path: Path, store_with_
         natural = negatives.similarity[(negatives.kind == HARD_NEGATIVE) & ~np.isin(negatives.anchor, [3, 40, 20, 70])]
         assert natural.max() < 0.9, "the threshold must separate planted duplicates from real hard negatives"
         assert len(suspicious_pairs(table, -1.0)) < (negatives.kind == HARD_NEGATIVE).sum(), "mirrored pairs are merged"
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 7, 100_000])
+def test_suspicious_overview_streams_what_the_whole_list_gives(tmp_path: Path, rows_per_pass: int) -> None:
+    """Count, most similar pairs, identity pairs and CSV from the passes equal those of the whole list at once."""
+    labels = np.arange(40) // 3  # 14 identities, so image pairs share identity pairs
+    store_path = write_store(tmp_path / "store.h5", np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32), labels)
+    with PairTable(write_negative_pairs(tmp_path / "pairs.h5", 40, seed=3)) as table, EmbeddingStore(store_path) as store:
+        everything = suspicious_pairs(table, 0.7)
+        write_pairs_csv(tmp_path / "expected.csv", [everything], store)
+        overview = suspicious_overview(table, store, 0.7, 6, tmp_path / "streamed.csv", rows_per_pass)
+    assert overview.total == len(everything) > 6
+    shown = everything.take(slice(0, 6))
+    assert all(np.array_equal(getattr(overview.most_similar, column), getattr(shown, column)) for column in PAIR_COLUMNS)
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    joined: dict[tuple[int, int], list] = {}
+    for anchor, partner, similarity in zip(everything.anchor.tolist(), everything.partner.tolist(), everything.similarity.tolist()):
+        low, high = sorted((int(labels[anchor]), int(labels[partner])))
+        joined.setdefault((low, high), [0, len(joined), similarity])[0] += 1  # count, order of appearance, first similarity
+    expected = sorted(joined.items(), key=lambda item: (-item[1][0], item[1][1]))[:6]
+    assert [(pair.low, pair.high, pair.image_pairs, pair.max_similarity) for pair in overview.identity_pairs] == [
+        (low, high, count, pytest.approx(similarity)) for (low, high), (count, _, similarity) in expected
+    ]
+    assert any(count > 1 for count, _, _ in joined.values()), "some identity pairs join several image pairs"
 
 
 def test_pairs_csv_holds_the_described_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
