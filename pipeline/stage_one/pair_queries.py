@@ -19,7 +19,7 @@ from pipeline.stage_one.store import EmbeddingStore
 SIMILARITY_GRID_BINS = 1 << 16  # the suspicious pairs are read in ranges of this grid over [-1, 1]
 SIMILARITY_GRID = np.linspace(-1.0, 1.0, SIMILARITY_GRID_BINS + 1)
 SUSPICIOUS_ROWS_PER_PASS = 1 << 21  # pairs read, sorted and merged at once: about 125 bytes each
-DESCRIBED_ROWS = 1 << 16  # pairs described (keys read, records built) at once when writing a CSV
+DESCRIBED_ROWS = 1 << 16  # pairs described (keys read, columns built) at once when writing a CSV
 
 
 def _once_per_unordered_pair(pairs: Pairs) -> Pairs:
