@@ -39,22 +39,24 @@ class Classifier(nn.Module):
 
 
 def _equal_to_the_full_head(rank: int, kind: str) -> None:
+    """In float64: the sharded and the full head are the same function, summed in another order, and s = 64
+    amplifies float32 rounding (of inputs that another GEMM shape rounds differently, on some CPUs) past 1e-5."""
     num_classes, batch = 11, 12  # shards of 5 and 6 classes; each rank holds 6 of the batch's rows
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(batch, 6, generator=generator)
+    inputs = torch.randn(batch, 6, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, num_classes, (batch,), generator=generator)
     mine = slice(rank * batch // WORLD_SIZE, (rank + 1) * batch // WORLD_SIZE)
     torch.manual_seed(1)
-    full = margin_head(kind, 8, num_classes)
+    full = margin_head(kind, 8, num_classes).double()
     torch.manual_seed(1)
-    sharded = ShardedMarginHead(8, num_classes, rank, WORLD_SIZE, **margin_values(kind))
+    sharded = ShardedMarginHead(8, num_classes, rank, WORLD_SIZE, **margin_values(kind)).double()
     shard = slice(sharded.start, sharded.end)
     assert (sharded.start, sharded.end) == ((0, 5), (5, 11))[rank]
     assert torch.equal(sharded.weight, full.weight[shard]), "the shard does not start as the full head's rows"
 
     # The head alone: same loss; the centres' gradients are the full head's rows; the embeddings'
     # are world_size x the full head's (DDP's average over the ranks divides them again).
-    embeddings = torch.randn(batch, 8, generator=generator)
+    embeddings = torch.randn(batch, 8, generator=generator, dtype=torch.float64)
     full_embeddings, my_embeddings = embeddings.clone().requires_grad_(), embeddings[mine].clone().requires_grad_()
     full_loss, loss = full(full_embeddings, labels), sharded(my_embeddings, labels[mine])
     full_loss.backward()
@@ -64,8 +66,8 @@ def _equal_to_the_full_head(rank: int, kind: str) -> None:
     torch.testing.assert_close(sharded.weight.grad, full.weight.grad[shard], rtol=1e-5, atol=1e-5)
 
     # Under DDP, with the centres ignored: the backbone gets one process's gradient of the whole batch.
-    reference = Classifier(full)
-    model = Classifier(sharded)
+    reference = Classifier(full).double()
+    model = Classifier(sharded).double()
     model.backbone.load_state_dict(reference.backbone.state_dict())
     full.weight.grad = sharded.weight.grad = None
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["head.weight"])
