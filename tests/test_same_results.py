@@ -1,20 +1,27 @@
 """Refactors must not change results: stage one and stage two, run through the CLI on tiny data,
 give the store, neighbours, pairs and student weights recorded from the code before the layout
-and settings rewrite (commit 56d8c62, `python -m tests.test_same_results` wrote the golden file).
+and settings rewrite (commit 56d8c62; its recorder, `python -m tests.test_same_results`, is commit 1db8c9f).
 
-Floating-point kernels differ between CPUs, so the bytes are compared exactly on the CPU the golden
-file was written on; on another CPU the values must agree closely (the test says which it did).
+Floating-point kernels differ between CPUs, so each recording in golden/same_results/ is that code's
+output on one CPU, and results are compared byte for byte on a CPU that has one. On another CPU stage
+one must agree closely with a recording; the students' weights, after a few SGD steps that amplify
+rounding, can drift further (up to ~30 % of a tensor's largest value between the AMD and the Intel
+recordings), so there they are compared closely only if they match a recording, and otherwise the test
+is skipped and says why. To record a CPU (the old code, so that what is compared stays the same):
+
+    git worktree add /tmp/record 1db8c9f && cd /tmp/record && make setup-test && .venv/bin/python -m tests.test_same_results
+    cp /tmp/record/tests/golden/same_results.json tests/golden/same_results/<this-cpu>.json
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import onnx
+import pytest
 import yaml
 from click.testing import CliRunner
 from onnx import numpy_helper
@@ -23,7 +30,8 @@ from stages.cli import cli
 from tests.tiny_faces import TinyFaceNet, export_tiny_onnx, write_face_folder
 
 REPO = Path(__file__).parents[1]
-GOLDEN = Path(__file__).parent / "golden" / "same_results.json"
+RECORDINGS = Path(__file__).parent / "golden" / "same_results"
+STAGE_ONE, STUDENTS = ("store", "knn", "pairs"), ("margin_only", "unified")
 STORE_DATASETS = ("embeddings", "norms", "labels", "keys")
 
 
@@ -98,28 +106,58 @@ def run_tiny_pipeline(root: Path) -> dict[str, dict]:
     }
 
 
-def test_results_equal_the_recorded_ones(tmp_path: Path) -> None:
-    golden = json.loads(GOLDEN.read_text())
-    results = run_tiny_pipeline(tmp_path)
-    assert results.keys() == golden["results"].keys()
-    same_cpu = golden["cpu"] == cpu_signature()
-    for output, arrays in golden["results"].items():
-        assert results[output].keys() == arrays.keys(), output
-        for name, expected in arrays.items():
+def recordings() -> list[dict]:
+    """Every CPU's recording: {"cpu": cpu_signature(), "results": {output: {array: summary}}}."""
+    return [json.loads(path.read_text()) for path in sorted(RECORDINGS.glob("*.json"))]
+
+
+def differences(results: dict[str, dict], recorded: dict[str, dict], outputs: tuple[str, ...], exact: bool) -> list[str]:
+    """What differs between the results and a recording, for some outputs: every byte (`exact`), or for
+    float arrays the first values and the sum of magnitudes within 1e-3 (other arrays still byte for byte)."""
+    found = []
+    for output in outputs:
+        if results[output].keys() != recorded[output].keys():
+            found.append(f"{output}: arrays {sorted(results[output])} != {sorted(recorded[output])}")
+            continue
+        for name, expected in recorded[output].items():
             actual = results[output][name]
-            assert actual["shape"] == expected["shape"], f"{output}/{name}"
-            if same_cpu or "sum" not in expected:
-                assert actual["sha256"] == expected["sha256"], f"{output}/{name} changed"
-            else:
-                np.testing.assert_allclose(actual["head"], expected["head"], rtol=1e-3, atol=1e-4, err_msg=f"{output}/{name}")
-                np.testing.assert_allclose(actual["abs_sum"], expected["abs_sum"], rtol=1e-3, err_msg=f"{output}/{name}")
-    if not same_cpu:
-        print("another CPU than the golden file's: compared with a tolerance, not byte for byte")
+            if actual["shape"] != expected["shape"]:
+                found.append(f"{output}/{name}: shape {actual['shape']} != {expected['shape']}")
+            elif exact or "sum" not in expected:
+                if actual["sha256"] != expected["sha256"]:
+                    found.append(f"{output}/{name}: bytes changed")
+            elif not (np.allclose(actual["head"], expected["head"], rtol=1e-3, atol=1e-4)
+                      and np.isclose(actual["abs_sum"], expected["abs_sum"], rtol=1e-3)):
+                found.append(f"{output}/{name}: values {actual['head'][:4]}... != {expected['head'][:4]}...")
+    return found
 
 
-if __name__ == "__main__":
-    import tempfile
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    return run_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))
 
-    with tempfile.TemporaryDirectory() as directory:
-        GOLDEN.write_text(json.dumps({"cpu": cpu_signature(), "results": run_tiny_pipeline(Path(directory))}, separators=(",", ":")) + "\n")
-    print(f"wrote {GOLDEN}", file=sys.stderr)
+
+def _this_cpus_recording() -> dict | None:
+    return next((recording for recording in recordings() if recording["cpu"] == cpu_signature()), None)
+
+
+def _closest_differences(results: dict[str, dict], outputs: tuple[str, ...]) -> list[str]:
+    """The differences from the recording that is closest (fewest arrays off) on a CPU without its own."""
+    return min((differences(results, recording["results"], outputs, exact=False) for recording in recordings()), key=len)
+
+
+def test_stage_one_equals_the_recorded_results(results: dict[str, dict]) -> None:
+    assert results.keys() == {*STAGE_ONE, *STUDENTS}
+    own = _this_cpus_recording()
+    found = differences(results, own["results"], STAGE_ONE, exact=True) if own else _closest_differences(results, STAGE_ONE)
+    assert not found, "\n".join(found)
+
+
+def test_students_equal_the_recorded_results(results: dict[str, dict]) -> None:
+    own = _this_cpus_recording()
+    if own:
+        found = differences(results, own["results"], STUDENTS, exact=True)
+        assert not found, "\n".join(found)
+    elif found := _closest_differences(results, STUDENTS):
+        pytest.skip(f"this CPU ({cpu_signature()}) has no recording and its students' training rounds differently "
+                    f"from every recorded CPU's ({len(found)} arrays off, e.g. {found[0]}): record it (module docstring)")
