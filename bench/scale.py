@@ -33,7 +33,8 @@ peak RSS, and projections to 5.8M and 42M images from the largest two sizes unde
 v(N) = v(N_max) x (N / N_max)^e. Fixed costs (process start, imports, model loading, the
 fixed-size held-out set of synth, verification and evaluate) keep e low at small sizes. An exact
 index (`Flat`) computes N^2 distances, so its time tends to exponent 2 once those dominate: for
-Flat an `index, N^2` row projects with e = 2 from the largest size. Projections assume this
+Flat an `index, N^2` row projects with e = 2 from the largest size. Peak RSS projections overstate
+a stage that fills a fixed-size buffer between the sizes (the report says which). Projections assume this
 machine; scaling with workers and cores is measured by bench/embed.py and bench/index_workers.py.
 `--json` is rewritten after every stage, so a long run stopped part way keeps what it measured;
 `--merge` adds earlier runs' measurements (other sizes, other stages) to the report.
@@ -368,6 +369,10 @@ def print_report(measurements: list[Measurement], exponents: list[dict], project
                 for row in rows) + " |")
     totals = [sum(row["seconds"] for row in projected if row["images"] == n and row["stage"] in stages) for n in PROJECTED_SIZES]
     print("| stages run: sum of times | " + " | ".join(f"{duration(total)} | -" for total in totals) + " |")
+    print("\nThe peak RSS projections extend the growth between the two sizes. A stage that fills a buffer of fixed size "
+          "between them (mine's rows_per_block, train's decoded images and teacher targets up to images_memory_gb and "
+          "targets_memory_gb, an IVF index's train_sample) stops growing there, so they overstate it: BENCHMARKS.md "
+          "(\"The scale benchmark\") states each stage's bound.")
 
 
 def main() -> None:
